@@ -1,0 +1,209 @@
+//! A GGUF file opened once, memory-mapped, with typed metadata getters and
+//! tensors looked up by their GGUF names. Every architecture loads through it.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::Device;
+use memmap2::Mmap;
+
+use crate::error::{EngineError, Result};
+
+/// A memory-mapped GGUF file and its parsed header.
+pub struct Gguf {
+    path: PathBuf,
+    mmap: Mmap,
+    content: gguf_file::Content,
+    architecture: String,
+}
+
+impl Gguf {
+    /// Opens and parses `path`. A truncated or corrupt file is an error, not a panic.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        // SAFETY: the mapping is read-only; model files are not modified while
+        // loaded (the model store moves new files in atomically).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |reason: String| EngineError::InvalidGguf {
+            path: path.to_owned(),
+            reason,
+        };
+        let content = gguf_file::Content::read(&mut Cursor::new(&mmap[..]))
+            .map_err(|e| invalid(e.to_string()))?;
+        // Candle reads tensor data lazily; check every tensor lies inside the
+        // file now so a truncated download fails at load with a clear message.
+        let file_len = mmap.len() as u64;
+        for (name, info) in &content.tensor_infos {
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+            let end = content.tensor_data_offset + info.offset + bytes;
+            if end > file_len {
+                return Err(invalid(format!(
+                    "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated?)"
+                )));
+            }
+        }
+        let architecture = match content.metadata.get("general.architecture") {
+            Some(gguf_file::Value::String(s)) => s.clone(),
+            _ => return Err(invalid("no general.architecture in metadata".into())),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            mmap,
+            content,
+            architecture,
+        })
+    }
+
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_size(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// `general.architecture`, e.g. `llama`.
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// All metadata, for callers that need raw access.
+    pub fn metadata(&self) -> &std::collections::HashMap<String, gguf_file::Value> {
+        &self.content.metadata
+    }
+
+    /// Raw metadata value by full key.
+    pub fn get(&self, key: &str) -> Option<&gguf_file::Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn required(&self, key: &str) -> Result<&gguf_file::Value> {
+        self.get(key)
+            .ok_or_else(|| EngineError::Metadata(format!("`{key}` not found")))
+    }
+
+    /// An unsigned integer by full key (any integer width).
+    pub fn u32(&self, key: &str) -> Result<u32> {
+        let v = self.required(key)?;
+        let n = match v {
+            gguf_file::Value::U8(x) => *x as u64,
+            gguf_file::Value::U16(x) => *x as u64,
+            gguf_file::Value::U32(x) => *x as u64,
+            gguf_file::Value::U64(x) => *x,
+            gguf_file::Value::I8(x) if *x >= 0 => *x as u64,
+            gguf_file::Value::I16(x) if *x >= 0 => *x as u64,
+            gguf_file::Value::I32(x) if *x >= 0 => *x as u64,
+            gguf_file::Value::I64(x) if *x >= 0 => *x as u64,
+            other => {
+                return Err(EngineError::Metadata(format!(
+                    "`{key}` should be an unsigned integer, found {:?}",
+                    other.value_type()
+                )))
+            }
+        };
+        u32::try_from(n).map_err(|_| EngineError::Metadata(format!("`{key}` = {n} is too large")))
+    }
+
+    /// A float by full key.
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        match self.required(key)? {
+            gguf_file::Value::F32(x) => Ok(*x),
+            gguf_file::Value::F64(x) => Ok(*x as f32),
+            other => Err(EngineError::Metadata(format!(
+                "`{key}` should be a float, found {:?}",
+                other.value_type()
+            ))),
+        }
+    }
+
+    /// A string by full key.
+    pub fn string(&self, key: &str) -> Result<&str> {
+        match self.required(key)? {
+            gguf_file::Value::String(s) => Ok(s),
+            other => Err(EngineError::Metadata(format!(
+                "`{key}` should be a string, found {:?}",
+                other.value_type()
+            ))),
+        }
+    }
+
+    /// A bool by full key.
+    pub fn bool(&self, key: &str) -> Result<bool> {
+        match self.required(key)? {
+            gguf_file::Value::Bool(b) => Ok(*b),
+            other => Err(EngineError::Metadata(format!(
+                "`{key}` should be a bool, found {:?}",
+                other.value_type()
+            ))),
+        }
+    }
+
+    /// An array by full key.
+    pub fn array(&self, key: &str) -> Result<&Vec<gguf_file::Value>> {
+        match self.required(key)? {
+            gguf_file::Value::Array(a) => Ok(a),
+            other => Err(EngineError::Metadata(format!(
+                "`{key}` should be an array, found {:?}",
+                other.value_type()
+            ))),
+        }
+    }
+
+    /// An unsigned integer under the architecture's prefix: `arch_u32("block_count")`
+    /// reads `{general.architecture}.block_count`.
+    pub fn arch_u32(&self, key: &str) -> Result<u32> {
+        self.u32(&format!("{}.{key}", self.architecture))
+    }
+
+    /// A float under the architecture's prefix.
+    pub fn arch_f32(&self, key: &str) -> Result<f32> {
+        self.f32(&format!("{}.{key}", self.architecture))
+    }
+
+    /// Whether a tensor of this name exists.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Names of all tensors.
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.content.tensor_infos.keys().map(String::as_str)
+    }
+
+    /// Total number of parameters (elements) over all tensors.
+    pub fn parameter_count(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum()
+    }
+
+    /// Number of elements of a tensor, if present.
+    pub fn tensor_elem_count(&self, name: &str) -> Option<usize> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|t| t.shape.elem_count())
+    }
+
+    /// Reads a tensor by its GGUF name onto `device`.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        if !self.has_tensor(name) {
+            return Err(EngineError::Metadata(format!("tensor `{name}` not found")));
+        }
+        let mut cursor = Cursor::new(&self.mmap[..]);
+        Ok(self.content.tensor(&mut cursor, name, device)?)
+    }
+}

@@ -1,0 +1,40 @@
+//! Resident memory of this process, as the OS reports it: what a model really
+//! costs once loaded (MoE models must keep every expert resident).
+
+use serde::Serialize;
+
+/// Resident set size now and at its peak, in bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ResidentMemory {
+    /// Current resident set (`VmRSS`).
+    pub current_bytes: u64,
+    /// Peak resident set since the process started (`VmHWM`).
+    pub peak_bytes: u64,
+}
+
+impl ResidentMemory {
+    /// Reads `/proc/self/status`; `None` where the OS has no such file.
+    pub fn read() -> Option<Self> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        };
+        Some(Self {
+            current_bytes: field("VmRSS:")?,
+            peak_bytes: field("VmHWM:")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_nonzero_memory_on_linux() {
+        if cfg!(target_os = "linux") {
+            let m = super::ResidentMemory::read().unwrap();
+            assert!(m.current_bytes > 0 && m.peak_bytes >= m.current_bytes);
+        }
+    }
+}

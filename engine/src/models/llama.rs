@@ -1,0 +1,456 @@
+//! Llama family (Llama 2/3, SmolLM2, Mistral) in GGUF layout: pre-norm
+//! decoder blocks with RMSNorm, grouped-query attention with interleaved
+//! rotary embeddings (GGUF permutes q/k for it), and a SwiGLU feed-forward.
+//! Reference: llama.cpp `llm_build_llama`, candle-transformers `quantized_llama`.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::Embedding;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::gguf::Gguf;
+use crate::kv_cache::KvCache;
+use crate::models::ModelInfo;
+
+/// Hyperparameters, named as in the Hugging Face config, read from GGUF metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Feed-forward inner size.
+    pub intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub num_key_value_heads: usize,
+    /// Per-head size.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    pub rope_theta: f32,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+}
+
+impl Config {
+    /// Reads `llama.*` metadata.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let hidden_size = gguf.arch_u32("embedding_length")? as usize;
+        let num_attention_heads = gguf.arch_u32("attention.head_count")? as usize;
+        let head_dim = gguf
+            .arch_u32("rope.dimension_count")
+            .map(|d| d as usize)
+            .unwrap_or(hidden_size / num_attention_heads);
+        let vocab_size = match gguf.arch_u32("vocab_size") {
+            Ok(v) => v as usize,
+            Err(_) => gguf.array("tokenizer.ggml.tokens")?.len(),
+        };
+        Ok(Self {
+            hidden_size,
+            intermediate_size: gguf.arch_u32("feed_forward_length")? as usize,
+            num_hidden_layers: gguf.arch_u32("block_count")? as usize,
+            num_attention_heads,
+            num_key_value_heads: gguf
+                .arch_u32("attention.head_count_kv")
+                .map(|n| n as usize)
+                .unwrap_or(num_attention_heads),
+            head_dim,
+            rms_norm_eps: gguf.arch_f32("attention.layer_norm_rms_epsilon")? as f64,
+            rope_theta: gguf.arch_f32("rope.freq_base").unwrap_or(10_000.0),
+            max_position_embeddings: gguf.arch_u32("context_length")? as usize,
+            vocab_size,
+        })
+    }
+}
+
+/// RMSNorm with a dequantized weight.
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(gguf: &Gguf, name: &str, eps: f64, device: &Device) -> Result<Self> {
+        let weight = gguf.tensor(name, device)?.dequantize(device)?;
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(xs, &self.weight, self.eps)?)
+    }
+}
+
+/// Precomputed rotary tables, `(context, head_dim / 2)`.
+#[derive(Debug, Clone)]
+pub(crate) struct RotaryEmbedding {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryEmbedding {
+    pub(crate) fn new(
+        head_dim: usize,
+        theta: f32,
+        max_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv_freq: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / theta.powf(i as f32 / head_dim as f32))
+            .collect();
+        let inv_freq = Tensor::new(inv_freq.as_slice(), device)?;
+        let positions = Tensor::arange(0, max_len as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_len, 1))?;
+        let angles = positions.matmul(&inv_freq.reshape((1, ()))?)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    /// Interleaved rotation (pairs `2i`, `2i+1`) of `(b, heads, seq, head_dim)`.
+    pub(crate) fn apply_interleaved(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let seq = xs.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
+        Ok(candle_nn::rotary_emb::rope_i(
+            &xs.contiguous()?,
+            &cos,
+            &sin,
+        )?)
+    }
+}
+
+/// Additive causal mask `(seq, offset + seq)`: 0 where a query may look, -inf elsewhere.
+pub(crate) fn causal_mask(seq: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let kv_len = offset + seq;
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| {
+            (0..kv_len).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (seq, kv_len), device)?)
+}
+
+/// Repeats each key/value head `n_rep` times so grouped-query attention can
+/// run as plain multi-head attention (`(b, n_kv, L, d)` → `(b, n_kv * n_rep, L, d)`).
+pub(crate) fn repeat_kv(xs: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(xs.clone());
+    }
+    let (b, n_kv, len, d) = xs.dims4()?;
+    Ok(Tensor::cat(&vec![xs; n_rep], 2)?.reshape((b, n_kv * n_rep, len, d))?)
+}
+
+/// Scaled dot-product attention. `q`: `(1, n_head, seq, d)`, `k`/`v`:
+/// `(1, n_kv, kv_len, d)`, `mask`: additive `(seq, kv_len)`.
+///
+/// Written as candle-transformers' models write it (repeated kv heads, one
+/// matmul per step, divide by sqrt(d)) on purpose: candle's quantized matmuls
+/// round activations to 8 bits, so a last-bit difference in f32 attention can
+/// flip a rounding and grow into visibly different logits. Matching the
+/// oracle's float operations keeps parity exact, not merely close.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (_, n_head, _, d) = q.dims4()?;
+    let n_rep = n_head / k.dim(1)?;
+    let k = repeat_kv(&k.contiguous()?, n_rep)?;
+    let v = repeat_kv(&v.contiguous()?, n_rep)?;
+    let att = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+    let att = match mask {
+        None => att,
+        Some(mask) => att.broadcast_add(mask)?,
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    Ok(att.matmul(&v)?)
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(gguf: &Gguf, prefix: &str, cfg: &Config, device: &Device) -> Result<Self> {
+        let w = |name: &str| -> Result<QMatMul> {
+            Ok(QMatMul::from_qtensor(
+                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
+            )?)
+        };
+        Ok(Self {
+            q: w("attn_q")?,
+            k: w("attn_k")?,
+            v: w("attn_v")?,
+            o: w("attn_output")?,
+            n_head: cfg.num_attention_heads,
+            n_kv_head: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RotaryEmbedding,
+        mask: Option<&Tensor>,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = xs.dims3()?;
+        let offset = cache.len();
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, n, self.head_dim))?.transpose(1, 2)?)
+        };
+        let q = heads(self.q.forward(xs)?, self.n_head)?;
+        let k = heads(self.k.forward(xs)?, self.n_kv_head)?;
+        let v = heads(self.v.forward(xs)?, self.n_kv_head)?;
+        let q = rope.apply_interleaved(&q, offset)?;
+        let k = rope.apply_interleaved(&k, offset)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let y = attention(&q, &k, &v, mask)?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, seq, self.n_head * self.head_dim))?;
+        Ok(self.o.forward(&y)?)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub(crate) struct Mlp {
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+impl Mlp {
+    pub(crate) fn new(gguf: &Gguf, prefix: &str, device: &Device) -> Result<Self> {
+        let w = |name: &str| -> Result<QMatMul> {
+            Ok(QMatMul::from_qtensor(
+                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
+            )?)
+        };
+        Ok(Self {
+            gate: w("ffn_gate")?,
+            up: w("ffn_up")?,
+            down: w("ffn_down")?,
+        })
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate.forward(xs)?)?;
+        let up = self.up.forward(xs)?;
+        Ok(self.down.forward(&(gate * up)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A llama-family model: weights only; the KV cache is passed in.
+pub struct Model {
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    output: QMatMul,
+    rope: RotaryEmbedding,
+    config: Config,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl Model {
+    /// Loads weights from a llama-architecture GGUF.
+    pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
+        let cfg = Config::from_gguf(gguf)?;
+        let embed_q = gguf.tensor("token_embd.weight", device)?;
+        let embed = Embedding::new(embed_q.dequantize(device)?, cfg.hidden_size);
+        // Tied embeddings: small models reuse the embedding table as output.
+        let output = if gguf.has_tensor("output.weight") {
+            gguf.tensor("output.weight", device)?
+        } else {
+            embed_q
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let prefix = format!("blk.{i}");
+            layers.push(DecoderLayer {
+                attn_norm: RmsNorm::new(
+                    gguf,
+                    &format!("{prefix}.attn_norm.weight"),
+                    cfg.rms_norm_eps,
+                    device,
+                )?,
+                attn: Attention::new(gguf, &prefix, &cfg, device)?,
+                ffn_norm: RmsNorm::new(
+                    gguf,
+                    &format!("{prefix}.ffn_norm.weight"),
+                    cfg.rms_norm_eps,
+                    device,
+                )?,
+                mlp: Mlp::new(gguf, &prefix, device)?,
+            });
+        }
+        let total = gguf.parameter_count();
+        let embedding = (cfg.vocab_size * cfg.hidden_size) as u64;
+        // One embedding row is read per token; count the output head when tied.
+        let active = if gguf.has_tensor("output.weight") {
+            total - embedding
+        } else {
+            total
+        };
+        let info = ModelInfo {
+            architecture: "llama".into(),
+            block_count: cfg.num_hidden_layers,
+            embedding_length: cfg.hidden_size,
+            context_length: cfg.max_position_embeddings,
+            vocab_size: cfg.vocab_size,
+            total_parameters: total,
+            active_parameters: active + cfg.hidden_size as u64,
+        };
+        Ok(Self {
+            embed,
+            layers,
+            norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
+            output: QMatMul::from_qtensor(output)?,
+            rope: RotaryEmbedding::new(
+                cfg.head_dim,
+                cfg.rope_theta,
+                cfg.max_position_embeddings,
+                device,
+            )?,
+            config: cfg,
+            info,
+            device: device.clone(),
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
+    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let seq = tokens.len();
+        let offset = cache.len();
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mask = (seq > 1)
+            .then(|| causal_mask(seq, offset, &self.device))
+            .transpose()?;
+        let mut xs = self.embed.forward(&input)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn.forward(
+                &layer.attn_norm.forward(&xs)?,
+                &self.rope,
+                mask.as_ref(),
+                i,
+                cache,
+            )?;
+            xs = (xs + h)?;
+            let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
+            xs = (xs + h)?;
+        }
+        let last = xs.narrow(1, seq - 1, 1)?;
+        let logits = self.output.forward(&self.norm.forward(&last)?)?;
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_rectangular_values() {
+        let mask = causal_mask(2, 2, &Device::Cpu).unwrap();
+        let v: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(v, vec![0., 0., 0., inf, 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn repeat_kv_groups_heads_in_order() {
+        let dev = Device::Cpu;
+        let k = Tensor::arange(0f32, 2., &dev)
+            .unwrap()
+            .reshape((1, 2, 1, 1))
+            .unwrap();
+        let r: Vec<f32> = repeat_kv(&k, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Query heads 0..3 share kv head 0, heads 3..6 share kv head 1.
+        assert_eq!(r, vec![0., 0., 0., 1., 1., 1.]);
+    }
+
+    #[test]
+    fn masked_attention_ignores_future_positions() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (1, 2, 3, 4), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
+        let mask = causal_mask(3, 0, &dev).unwrap();
+        let full = attention(&q, &k, &v, Some(&mask)).unwrap();
+        // The first query sees only the first key, so it returns the first value.
+        let first = full.narrow(2, 0, 1).unwrap().squeeze(2).unwrap();
+        let v0 = v
+            .narrow(2, 0, 1)
+            .unwrap()
+            .squeeze(2)
+            .unwrap()
+            .broadcast_as((1, 2, 4))
+            .unwrap();
+        let diff: f32 = (first - v0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6);
+    }
+}

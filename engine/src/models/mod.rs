@@ -1,0 +1,90 @@
+//! Model architectures, one file each, behind one [`Model`] type the engine
+//! drives. Every architecture reads its config from GGUF metadata, appends to
+//! the engine's [`KvCache`], and returns logits for the last position.
+
+pub mod llama;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::gguf::Gguf;
+use crate::kv_cache::KvCache;
+
+/// Architectures the engine can load, by `general.architecture`.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+/// Facts about a loaded model, for reports and the models page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Transformer blocks.
+    pub block_count: usize,
+    /// Hidden size.
+    pub embedding_length: usize,
+    /// Context length the model was trained for.
+    pub context_length: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Parameters in the file.
+    pub total_parameters: u64,
+    /// Parameters used for one token (equal to total for dense models, less
+    /// the experts not routed to for MoE models, and the embedding table, of
+    /// which one row is read).
+    pub active_parameters: u64,
+}
+
+/// A loaded model of any supported architecture.
+pub enum Model {
+    /// Llama family (SmolLM2, Llama 2/3, Mistral).
+    Llama(llama::Model),
+}
+
+impl Model {
+    /// Loads the architecture named in the file's metadata.
+    pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
+        match gguf.architecture() {
+            "llama" => Ok(Self::Llama(llama::Model::from_gguf(gguf, device)?)),
+            other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+
+    /// Runs `tokens` after the positions held in `cache`, appends their keys
+    /// and values, and returns the logits of the last token, shape `(vocab,)`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidRequest("no tokens to run".into()));
+        }
+        if cache.len() + tokens.len() > cache.max_len() {
+            return Err(EngineError::PromptTooLong {
+                tokens: cache.len() + tokens.len(),
+                max: cache.max_len(),
+            });
+        }
+        let logits = match self {
+            Self::Llama(m) => m.forward(tokens, cache)?,
+        };
+        cache.commit(tokens);
+        Ok(logits)
+    }
+
+    /// An empty cache sized for this model and `context_length` positions.
+    pub fn new_cache(&self, context_length: usize) -> KvCache {
+        KvCache::new(self.info().block_count, context_length)
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        match self {
+            Self::Llama(m) => m.info(),
+        }
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Llama(m) => m.device(),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The command line, as clap derive types: the whole user-facing surface of
+//! `showdown` in one place, with no behaviour. `main.rs` dispatches each
+//! [`Command`] to one function in `commands/`.
+
+use clap::{Parser, Subcommand};
+
+/// Reproducible evals and CI for local models driving coding agents.
+#[derive(Debug, Parser)]
+#[command(name = "showdown", version, about, long_about = None)]
+pub struct Cli {
+    /// CPU threads for the engine (sets RAYON_NUM_THREADS; default: all cores).
+    #[arg(long, short = 't', global = true, env = "SHOWDOWN_THREADS")]
+    pub threads: Option<usize>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pinned models: list, pull, verify and locate them.
+    ///
+    /// The cache lives in $SHOWDOWN_HOME/models (default: the platform cache
+    /// directory); SHOWDOWN_MODELS_FILE replaces the built-in models file.
+    Models {
+        /// What to do with models.
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Generate a chat answer with the local engine, streaming it, then print
+    /// time to first token, prefill and decode speed and peak memory.
+    Generate(GenerateArgs),
+    /// Measure the engine in llama-bench's terms: pp512, pp2048, tg128.
+    Bench(BenchArgs),
+}
+
+/// `showdown generate …`
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// The user message (chat-templated), or the raw prompt with --raw.
+    pub prompt: String,
+    /// A model name, path:FILE.gguf or ollama:NAME[:TAG] (default: the default model).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// A system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Send the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A sequence that ends generation (repeatable).
+    #[arg(long = "stop")]
+    pub stop_sequences: Vec<String>,
+    /// Context length to allow (default: the model's).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Print the figures as JSON on stderr instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `showdown bench …`
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Models to measure (default: the default model).
+    #[arg(long = "model", short)]
+    pub models: Vec<String>,
+    /// Prompt-processing sizes, llama-bench's -p.
+    #[arg(long = "pp", value_delimiter = ',', default_value = "512,2048")]
+    pub prompt_sizes: Vec<usize>,
+    /// Generation lengths, llama-bench's -n.
+    #[arg(long = "tg", value_delimiter = ',', default_value = "128")]
+    pub generate_sizes: Vec<usize>,
+    /// Repetitions of each test (after one warm-up).
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub repetitions: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `showdown models …`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the pinned models and whether each is in the cache.
+    List,
+    /// Fetch a pinned model into the cache and check its sha256.
+    Pull {
+        /// A name from the models file (default: the default model).
+        name: Option<String>,
+    },
+    /// Re-hash a model and check it against its pin.
+    Verify {
+        /// A model name, path:FILE or ollama:NAME[:TAG].
+        reference: String,
+    },
+    /// Print the path of a model whose hash matches its pin.
+    Path {
+        /// A model name, path:FILE or ollama:NAME[:TAG].
+        reference: String,
+    },
+    /// Forget the pin of a path: model, so that its next use pins it afresh.
+    Unpin {
+        /// path:FILE, as it was used.
+        reference: String,
+    },
+}

@@ -1,0 +1,49 @@
+//! The `showdown` binary: parses the command line and dispatches each subcommand
+//! to one function in `commands/`. The work is done by the `showdown` library.
+//!
+//! Exit codes: 0 on success (and when stdout is closed early, as by `| head`),
+//! 2 on any error, printed with its full chain.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs one subcommand.
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(threads) = cli.threads {
+        // Candle sizes its thread pools from these on first use.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
+    match cli.command {
+        Command::Models { command } => commands::models::run(command),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    }
+}
+
+/// Whether `err` comes from writing to a closed pipe, which is not a failure.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,4 @@
+mod engine;
+mod models;
+mod tokenizer;
+mod util;

@@ -1,0 +1,185 @@
+//! Helpers shared by the integration tests: a fresh, isolated environment per test
+//! and a way to run the real `showdown` binary in it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// A temporary directory holding everything one test touches: `home/`
+/// (SHOWDOWN_HOME), `models.toml` (SHOWDOWN_MODELS_FILE, once written), `ollama/`
+/// (OLLAMA_MODELS) and `tmp/` (TMPDIR), all deleted when the test ends.
+pub struct TestEnv {
+    dir: TempDir,
+}
+
+/// The outcome of one run of the binary.
+pub struct Run {
+    /// The exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Everything printed on stdout.
+    pub stdout: String,
+    /// Everything printed on stderr.
+    pub stderr: String,
+}
+
+impl TestEnv {
+    /// A fresh environment.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("showdown-test-")
+            .tempdir()
+            .expect("create a temporary directory");
+        std::fs::create_dir(dir.path().join("tmp")).expect("create tmp/");
+        TestEnv { dir }
+    }
+
+    /// The path of `relative` inside the environment.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// SHOWDOWN_HOME.
+    pub fn home(&self) -> PathBuf {
+        self.path("home")
+    }
+
+    /// Where pulled models are cached.
+    pub fn models_dir(&self) -> PathBuf {
+        self.home().join("models")
+    }
+
+    /// OLLAMA_MODELS.
+    pub fn ollama_dir(&self) -> PathBuf {
+        self.path("ollama")
+    }
+
+    /// TMPDIR for the binary (and the pip it runs).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.path("tmp")
+    }
+
+    /// Writes `contents` to `relative`, creating directories; returns the path.
+    pub fn write(&self, relative: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("create parent directory");
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+
+    /// Writes the models file the binary will use.
+    pub fn write_models_file(&self, text: &str) {
+        self.write("models.toml", text);
+    }
+
+    /// Runs `showdown ARGS` with the test's models file.
+    pub fn showdown(&self, args: &[&str]) -> Run {
+        let models_file = self.path("models.toml");
+        assert!(models_file.exists(), "write the models file first");
+        self.run(args, Some(&models_file))
+    }
+
+    /// Runs `showdown ARGS` with the models file built into the binary.
+    pub fn showdown_embedded(&self, args: &[&str]) -> Run {
+        self.run(args, None)
+    }
+
+    fn run(&self, args: &[&str], models_file: Option<&Path>) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_showdown"));
+        command
+            .args(args)
+            .env("SHOWDOWN_HOME", self.home())
+            .env("OLLAMA_MODELS", self.ollama_dir())
+            .env("TMPDIR", self.tmp_dir());
+        match models_file {
+            Some(file) => command.env("SHOWDOWN_MODELS_FILE", file),
+            None => command.env_remove("SHOWDOWN_MODELS_FILE"),
+        };
+        let output = command.output().expect("run the showdown binary");
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts that the run succeeded.
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert_eq!(self.code, Some(0), "expected success\n{}", self.dump());
+        self
+    }
+
+    /// Asserts that the run failed with exit code 2 and an `error:` line.
+    #[track_caller]
+    pub fn failure(self) -> Self {
+        assert_eq!(self.code, Some(2), "expected exit code 2\n{}", self.dump());
+        assert!(self.stderr.contains("error: "), "{}", self.dump());
+        self
+    }
+
+    /// Asserts that stdout contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(self, needle: &str) -> Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}\n{}",
+            self.dump()
+        );
+        self
+    }
+
+    /// Asserts that stderr contains `needle`.
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            self.dump()
+        );
+        self
+    }
+
+    fn dump(&self) -> String {
+        format!(
+            "exit code: {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The names of the entries in `dir` (hidden ones included), sorted; empty if
+/// `dir` does not exist.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The path of a pinned model in the user's cache, as `showdown models path`
+/// prints it (the README's test command pulls the models first).
+pub fn pinned_model_path(name: &str) -> PathBuf {
+    let out = Command::new(env!("CARGO_BIN_EXE_showdown"))
+        .args(["models", "path", name])
+        .output()
+        .expect("run showdown models path");
+    assert!(
+        out.status.success(),
+        "model {name} is not pulled: run `showdown models pull {name}` ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
