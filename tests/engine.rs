@@ -6,11 +6,12 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights as OracleLlama;
 use showdown_engine::{
-    argmax, CancelToken, Engine, GenerateParams, LoadOptions, SamplingParams, StopReason,
+    argmax, CancelToken, Engine, GenerateParams, Gguf, IncrementalDecoder, LoadOptions,
+    SamplingParams, StopReason,
 };
 
 use crate::util::pinned_model_path;
@@ -347,4 +348,115 @@ fn sampling_is_seeded_and_stop_sequences_and_cancel_work() {
     });
     assert_eq!(result.stop_reason, StopReason::Cancelled);
     assert!(result.tokens.len() < 200);
+}
+
+#[test]
+fn streamed_text_is_utf8_safe_across_token_boundaries() {
+    let engine = smollm2();
+    // Emoji and CJK are split over several byte-level tokens each.
+    let text = "Café 🦀🧑‍🚀 東京タワー ✓ done";
+    let ids = engine.tokenizer().encode(text).unwrap();
+    assert!(
+        ids.len() > text.chars().count() / 2,
+        "multi-token characters"
+    );
+    let mut decoder = IncrementalDecoder::new(engine.tokenizer());
+    let mut pieces = Vec::new();
+    for &id in &ids {
+        if let Some(piece) = decoder.push(id).unwrap() {
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "a split character leaked: {piece:?}"
+            );
+            pieces.push(piece);
+        }
+    }
+    pieces.extend(decoder.finish().unwrap());
+    assert!(pieces.len() > 3, "text arrives incrementally");
+    assert_eq!(pieces.concat(), text);
+}
+
+#[test]
+fn bad_model_files_and_prompts_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |path: &std::path::Path| {
+        Engine::load(path, &LoadOptions::default())
+            .err()
+            .expect("must fail")
+            .to_string()
+    };
+
+    let missing = load(&dir.path().join("absent.gguf"));
+    assert!(missing.contains("cannot read model file"), "{missing}");
+
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a gguf file at all").unwrap();
+    let err = load(&garbage);
+    assert!(err.contains("not a valid GGUF model file"), "{err}");
+
+    // The real file cut short: the header parses, the tensors do not fit.
+    let bytes = std::fs::read(smollm2_path()).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load(&truncated);
+    assert!(err.contains("truncated"), "{err}");
+
+    // A well-formed GGUF of an architecture the engine does not know.
+    let unknown = dir.path().join("mamba.gguf");
+    let weight = QTensor::quantize(
+        &Tensor::zeros((32, 32), DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::Q8_0,
+    )
+    .unwrap();
+    let arch = gguf_file::Value::String("mamba".into());
+    let mut file = std::fs::File::create(&unknown).unwrap();
+    gguf_file::write(
+        &mut file,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &weight)],
+    )
+    .unwrap();
+    drop(file);
+    let err = Gguf::open(&unknown)
+        .and_then(|g| showdown_engine::Model::from_gguf(&g, &Device::Cpu).map(|_| ()));
+    let err = err.err().expect("unknown architecture").to_string();
+    assert!(
+        err.contains("unsupported model architecture `mamba`"),
+        "{err}"
+    );
+
+    // A prompt longer than the context: the exact text clients key compaction on.
+    let small = Engine::load(
+        &smollm2_path(),
+        &LoadOptions {
+            context_length: Some(64),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let long = "word ".repeat(200);
+    let err = small.tokenize_prompt(&long).err().unwrap().to_string();
+    assert!(
+        err.starts_with("prompt is too long: ") && err.ends_with(" tokens > 64 maximum"),
+        "{err}"
+    );
+    let prompt = small.tokenize_prompt("Hello there").unwrap();
+    let params = GenerateParams {
+        max_tokens: 1000,
+        sampling: SamplingParams::greedy(),
+        stop_sequences: vec![],
+    };
+    let out = small
+        .generate(
+            &mut small.new_cache(),
+            &prompt,
+            &params,
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap();
+    assert!(
+        prompt.len() + out.tokens.len() <= 65,
+        "generation stops at the context"
+    );
 }
