@@ -419,7 +419,7 @@ fn bad_model_files_and_prompts_get_clear_errors() {
     drop(file);
     let err = Gguf::open(&unknown)
         .and_then(|g| showdown_engine::Model::from_gguf(&g, &Device::Cpu).map(|_| ()));
-    let err = err.err().expect("unknown architecture").to_string();
+    let err = err.expect_err("unknown architecture").to_string();
     assert!(
         err.contains("unsupported model architecture `mamba`"),
         "{err}"
