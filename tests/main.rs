@@ -1,4 +1,5 @@
 mod engine;
+mod gemma3;
 mod models;
 mod tokenizer;
 mod util;

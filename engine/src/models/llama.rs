@@ -119,6 +119,14 @@ impl RotaryEmbedding {
         })
     }
 
+    /// Half-split ("NeoX") rotation (pairs `i`, `i + d/2`) of `(b, heads, seq, head_dim)`.
+    pub(crate) fn apply_neox(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let seq = xs.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
+        Ok(candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)?)
+    }
+
     /// Interleaved rotation (pairs `2i`, `2i+1`) of `(b, heads, seq, head_dim)`.
     pub(crate) fn apply_interleaved(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
         let seq = xs.dim(2)?;
@@ -134,11 +142,26 @@ impl RotaryEmbedding {
 
 /// Additive causal mask `(seq, offset + seq)`: 0 where a query may look, -inf elsewhere.
 pub(crate) fn causal_mask(seq: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    windowed_causal_mask(seq, offset, None, device)
+}
+
+/// Causal mask that, with `window = Some(w)`, also hides keys `w` or more
+/// positions behind the query (sliding-window attention, as llama.cpp and
+/// Hugging Face define it: a query sees itself and the `w - 1` keys before it).
+pub(crate) fn windowed_causal_mask(
+    seq: usize,
+    offset: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
     let kv_len = offset + seq;
     let mask: Vec<f32> = (0..seq)
         .flat_map(|i| {
-            (0..kv_len).map(move |j| {
-                if j > offset + i {
+            let query = offset + i;
+            (0..kv_len).map(move |key| {
+                let future = key > query;
+                let outside = window.is_some_and(|w| query - key.min(query) >= w);
+                if future || outside {
                     f32::NEG_INFINITY
                 } else {
                     0.0
@@ -407,6 +430,15 @@ mod tests {
         let v: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
         let inf = f32::NEG_INFINITY;
         assert_eq!(v, vec![0., 0., 0., inf, 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn sliding_window_mask_sees_self_and_window_minus_one_before() {
+        let mask = windowed_causal_mask(1, 4, Some(3), &Device::Cpu).unwrap();
+        let v: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+        let inf = f32::NEG_INFINITY;
+        // Query at position 4 sees keys 2, 3, 4.
+        assert_eq!(v, vec![inf, inf, 0., 0., 0.]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! drives. Every architecture reads its config from GGUF metadata, appends to
 //! the engine's [`KvCache`], and returns logits for the last position.
 
+pub mod gemma3;
 pub mod llama;
 
 use candle_core::{Device, Tensor};
@@ -12,7 +13,7 @@ use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
 
 /// Architectures the engine can load, by `general.architecture`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
 /// Facts about a loaded model, for reports and the models page.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +40,8 @@ pub struct ModelInfo {
 pub enum Model {
     /// Llama family (SmolLM2, Llama 2/3, Mistral).
     Llama(llama::Model),
+    /// Gemma 3.
+    Gemma3(gemma3::Model),
 }
 
 impl Model {
@@ -46,6 +49,7 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         match gguf.architecture() {
             "llama" => Ok(Self::Llama(llama::Model::from_gguf(gguf, device)?)),
+            "gemma3" => Ok(Self::Gemma3(gemma3::Model::from_gguf(gguf, device)?)),
             other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -64,6 +68,7 @@ impl Model {
         }
         let logits = match self {
             Self::Llama(m) => m.forward(tokens, cache)?,
+            Self::Gemma3(m) => m.forward(tokens, cache)?,
         };
         cache.commit(tokens);
         Ok(logits)
@@ -78,6 +83,7 @@ impl Model {
     pub fn info(&self) -> &ModelInfo {
         match self {
             Self::Llama(m) => m.info(),
+            Self::Gemma3(m) => m.info(),
         }
     }
 
@@ -85,6 +91,7 @@ impl Model {
     pub fn device(&self) -> &Device {
         match self {
             Self::Llama(m) => m.device(),
+            Self::Gemma3(m) => m.device(),
         }
     }
 }

@@ -1,0 +1,370 @@
+//! Gemma 3 in GGUF layout: sliding-window local layers interleaved with global
+//! layers (every `sliding_window_pattern`-th layer is global), q/k RMSNorm,
+//! half-split rotary embeddings with a separate base for local layers,
+//! sandwich norms around attention and feed-forward, a GELU (tanh) gated
+//! feed-forward, and embeddings scaled by sqrt(hidden).
+//! References: llama.cpp `llm_build_gemma3_iswa`, Hugging Face `Gemma3TextModel`.
+//!
+//! Norm weights are used as stored: the GGUF conversion already folds in
+//! Gemma's `1 + weight`.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::gguf::Gguf;
+use crate::kv_cache::KvCache;
+use crate::models::llama::{attention, windowed_causal_mask, RmsNorm, RotaryEmbedding};
+use crate::models::ModelInfo;
+
+/// Rotary base of the local (sliding-window) layers, fixed by Gemma 3.
+const LOCAL_ROPE_THETA: f32 = 10_000.0;
+/// One global layer every this many layers, unless the file says otherwise.
+const DEFAULT_SLIDING_WINDOW_PATTERN: usize = 6;
+
+/// Hyperparameters, named as in the Hugging Face config, read from GGUF metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Feed-forward inner size.
+    pub intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// Per-head size.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base of global layers.
+    pub rope_theta: f32,
+    /// Rotary base of local layers.
+    pub rope_local_base_freq: f32,
+    /// Keys a local layer's query sees, itself included.
+    pub sliding_window: usize,
+    /// One global layer every this many.
+    pub sliding_window_pattern: usize,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+}
+
+impl Config {
+    /// Reads `gemma3.*` metadata.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let hidden_size = gguf.arch_u32("embedding_length")? as usize;
+        let num_attention_heads = gguf.arch_u32("attention.head_count")? as usize;
+        Ok(Self {
+            hidden_size,
+            intermediate_size: gguf.arch_u32("feed_forward_length")? as usize,
+            num_hidden_layers: gguf.arch_u32("block_count")? as usize,
+            num_attention_heads,
+            num_key_value_heads: gguf.arch_u32("attention.head_count_kv")? as usize,
+            head_dim: gguf
+                .arch_u32("attention.key_length")
+                .map(|d| d as usize)
+                .unwrap_or(hidden_size / num_attention_heads),
+            rms_norm_eps: gguf.arch_f32("attention.layer_norm_rms_epsilon")? as f64,
+            rope_theta: gguf.arch_f32("rope.freq_base").unwrap_or(1_000_000.0),
+            rope_local_base_freq: LOCAL_ROPE_THETA,
+            sliding_window: gguf.arch_u32("attention.sliding_window")? as usize,
+            sliding_window_pattern: gguf
+                .arch_u32("attention.sliding_window_pattern")
+                .map(|p| p as usize)
+                .unwrap_or(DEFAULT_SLIDING_WINDOW_PATTERN),
+            max_position_embeddings: gguf.arch_u32("context_length")? as usize,
+            vocab_size: gguf.array("tokenizer.ggml.tokens")?.len(),
+        })
+    }
+
+    /// Whether layer `i` attends through a sliding window.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        (layer + 1) % self.sliding_window_pattern != 0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    window: Option<usize>,
+}
+
+impl Attention {
+    fn new(
+        gguf: &Gguf,
+        prefix: &str,
+        cfg: &Config,
+        window: Option<usize>,
+        device: &Device,
+    ) -> Result<Self> {
+        let w = |name: &str| -> Result<QMatMul> {
+            Ok(QMatMul::from_qtensor(
+                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
+            )?)
+        };
+        let norm = |name: &str| {
+            RmsNorm::new(
+                gguf,
+                &format!("{prefix}.{name}.weight"),
+                cfg.rms_norm_eps,
+                device,
+            )
+        };
+        Ok(Self {
+            q: w("attn_q")?,
+            k: w("attn_k")?,
+            v: w("attn_v")?,
+            o: w("attn_output")?,
+            q_norm: norm("attn_q_norm")?,
+            k_norm: norm("attn_k_norm")?,
+            n_head: cfg.num_attention_heads,
+            n_kv_head: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            window,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RotaryEmbedding,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = xs.dims3()?;
+        let offset = cache.len();
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = self
+            .q_norm
+            .forward(&heads(self.q.forward(xs)?, self.n_head)?)?;
+        let k = self
+            .k_norm
+            .forward(&heads(self.k.forward(xs)?, self.n_kv_head)?)?;
+        let v = heads(self.v.forward(xs)?, self.n_kv_head)?;
+        let q = rope.apply_neox(&q, offset)?;
+        let k = rope.apply_neox(&k, offset)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let kv_len = offset + seq;
+        let y = match self.window {
+            // One query: keep only the keys inside its window, no mask needed.
+            Some(w) if seq == 1 && kv_len > w => attention(
+                &q,
+                &k.narrow(2, kv_len - w, w)?,
+                &v.narrow(2, kv_len - w, w)?,
+                None,
+            )?,
+            _ if seq == 1 => attention(&q, &k, &v, None)?,
+            window => {
+                let mask = windowed_causal_mask(seq, offset, window, xs.device())?;
+                attention(&q, &k, &v, Some(&mask))?
+            }
+        };
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, seq, self.n_head * self.head_dim))?;
+        Ok(self.o.forward(&y)?)
+    }
+}
+
+/// GELU(tanh)-gated feed-forward: `down(gelu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+impl Mlp {
+    fn new(gguf: &Gguf, prefix: &str, device: &Device) -> Result<Self> {
+        let w = |name: &str| -> Result<QMatMul> {
+            Ok(QMatMul::from_qtensor(
+                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
+            )?)
+        };
+        Ok(Self {
+            gate: w("ffn_gate")?,
+            up: w("ffn_up")?,
+            down: w("ffn_down")?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(xs)?.gelu()?;
+        let up = self.up.forward(xs)?;
+        Ok(self.down.forward(&(gate * up)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: RmsNorm,
+    sliding: bool,
+}
+
+/// A Gemma 3 model: weights only; the KV cache is passed in.
+pub struct Model {
+    embed: QMatMul,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    output: QMatMul,
+    rope_global: RotaryEmbedding,
+    rope_local: RotaryEmbedding,
+    config: Config,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl Model {
+    /// Loads weights from a gemma3-architecture GGUF.
+    pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
+        let cfg = Config::from_gguf(gguf)?;
+        // Rows are dequantized on lookup: a 262k-token table stays quantized
+        // (170 MB as Q8_0 instead of 670 MB as f32) and is shared with the
+        // output head when the embeddings are tied.
+        let embed_q = Arc::new(gguf.tensor("token_embd.weight", device)?);
+        let embed = QMatMul::from_arc(embed_q.clone())?;
+        let output = if gguf.has_tensor("output.weight") {
+            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+        } else {
+            QMatMul::from_arc(embed_q)?
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let prefix = format!("blk.{i}");
+            let norm = |name: &str| {
+                RmsNorm::new(
+                    gguf,
+                    &format!("{prefix}.{name}.weight"),
+                    cfg.rms_norm_eps,
+                    device,
+                )
+            };
+            let sliding = cfg.is_sliding(i);
+            layers.push(DecoderLayer {
+                attn_norm: norm("attn_norm")?,
+                attn: Attention::new(
+                    gguf,
+                    &prefix,
+                    &cfg,
+                    sliding.then_some(cfg.sliding_window),
+                    device,
+                )?,
+                post_attn_norm: norm("post_attention_norm")?,
+                ffn_norm: norm("ffn_norm")?,
+                mlp: Mlp::new(gguf, &prefix, device)?,
+                post_ffn_norm: norm("post_ffw_norm")?,
+                sliding,
+            });
+        }
+        let total = gguf.parameter_count();
+        let info = ModelInfo {
+            architecture: "gemma3".into(),
+            block_count: cfg.num_hidden_layers,
+            embedding_length: cfg.hidden_size,
+            context_length: cfg.max_position_embeddings,
+            vocab_size: cfg.vocab_size,
+            total_parameters: total,
+            // Tied embeddings: the table is read in full as the output head.
+            active_parameters: total + cfg.hidden_size as u64,
+        };
+        let rope =
+            |theta| RotaryEmbedding::new(cfg.head_dim, theta, cfg.max_position_embeddings, device);
+        Ok(Self {
+            embed,
+            layers,
+            norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
+            output,
+            rope_global: rope(cfg.rope_theta)?,
+            rope_local: rope(cfg.rope_local_base_freq)?,
+            config: cfg,
+            info,
+            device: device.clone(),
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
+    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let seq = tokens.len();
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mut xs = (self.embed.embedding(&input)? * (self.config.hidden_size as f64).sqrt())?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let rope = if layer.sliding {
+                &self.rope_local
+            } else {
+                &self.rope_global
+            };
+            let h = layer
+                .attn
+                .forward(&layer.attn_norm.forward(&xs)?, rope, i, cache)?;
+            xs = (xs + layer.post_attn_norm.forward(&h)?)?;
+            let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
+            xs = (xs + layer.post_ffn_norm.forward(&h)?)?;
+        }
+        let last = xs.narrow(1, seq - 1, 1)?;
+        let logits = self.output.forward(&self.norm.forward(&last)?)?;
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sixth_layer_is_global() {
+        let cfg = Config {
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_hidden_layers: 12,
+            num_attention_heads: 1,
+            num_key_value_heads: 1,
+            head_dim: 8,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            rope_local_base_freq: 1e4,
+            sliding_window: 4,
+            sliding_window_pattern: 6,
+            max_position_embeddings: 16,
+            vocab_size: 4,
+        };
+        let global: Vec<usize> = (0..12).filter(|&i| !cfg.is_sliding(i)).collect();
+        assert_eq!(global, vec![5, 11]);
+    }
+}

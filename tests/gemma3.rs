@@ -1,0 +1,148 @@
+//! Gemma 3 on the real `gemma3-270m` file: the sliding-window layers over the
+//! engine's cache, on prompts longer than the window.
+//!
+//! candle-transformers' `quantized_gemma3` cannot serve as the oracle here: it
+//! uses SiLU where Gemma uses GELU, masks the cached prefix out of a chunk's
+//! attention when the cache is not empty, and applies no window when decoding.
+//! The reference for whole outputs is llama.cpp (`fixtures/gemma3/`).
+
+use std::sync::OnceLock;
+
+use showdown_engine::{argmax, CancelToken, Engine, GenerateParams, LoadOptions, SamplingParams};
+
+use crate::util::pinned_model_path;
+
+fn gemma3() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let options = LoadOptions {
+            template: showdown_engine::TemplateChoice::Named("gemma".into()),
+            context_length: Some(4096),
+            ..LoadOptions::default()
+        };
+        Engine::load(&pinned_model_path("gemma3-270m"), &options).expect("load gemma3-270m")
+    })
+}
+
+fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
+    let diff: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
+    diff / b.iter().map(|y| y * y).sum::<f32>().sqrt()
+}
+
+/// A text of at least `n` tokens (BOS included).
+fn long_tokens(engine: &Engine, n: usize) -> Vec<u32> {
+    let mut text = String::new();
+    let mut i = 0;
+    while engine.tokenizer().encode(&text).unwrap().len() < n {
+        text.push_str(&format!(
+            "Entry {i}: the river flows past the old mill and the bakery on Main Street. "
+        ));
+        i += 1;
+    }
+    engine.tokenizer().encode(&text).unwrap()[..n].to_vec()
+}
+
+fn logits(engine: &Engine, tokens: &[u32], cache: &mut showdown_engine::KvCache) -> Vec<f32> {
+    engine
+        .model()
+        .forward(tokens, cache)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Chunks over a cache that already holds more than the window: the
+/// windowed mask with an offset must give exactly what one chunk gives. (Small
+/// chunks on purpose: f32 GEMM picks kernels by row count, and candle's 8-bit
+/// activation rounding can grow a last-bit difference between very different
+/// chunk sizes into visibly different logits; see tests/engine.rs.)
+#[test]
+fn chunks_over_the_cache_equal_one_forward_across_the_sliding_window() {
+    let engine = gemma3();
+    assert_eq!(engine.info().architecture, "gemma3");
+    let tokens = long_tokens(engine, 530);
+    let mut cache = engine.new_cache();
+    logits(engine, &tokens[..520], &mut cache);
+    let mut whole = cache.fork().unwrap();
+    let one_chunk = logits(engine, &tokens[520..528], &mut whole);
+    let mut split = cache.fork().unwrap();
+    logits(engine, &tokens[520..524], &mut split);
+    let two_chunks = logits(engine, &tokens[524..528], &mut split);
+    assert_eq!(relative_l2(&two_chunks, &one_chunk), 0.0);
+
+    // Truncating below the window and continuing matches too.
+    let mut truncated = cache.fork().unwrap();
+    truncated.truncate(516);
+    logits(engine, &tokens[516..520], &mut truncated);
+    let resumed = logits(engine, &tokens[520..528], &mut truncated);
+    assert_eq!(relative_l2(&resumed, &one_chunk), 0.0);
+
+    // Large chunks against one forward: close, on the same answer.
+    let full = logits(engine, &tokens[..528], &mut engine.new_cache());
+    assert!(relative_l2(&one_chunk, &full) < 0.1);
+    assert_eq!(argmax(&one_chunk), argmax(&full));
+}
+
+#[test]
+fn decode_steps_past_the_window_track_the_full_forward() {
+    let engine = gemma3();
+    let tokens = long_tokens(engine, 540);
+    let mut cache = engine.new_cache();
+    logits(engine, &tokens[..510], &mut cache);
+    let mut next = 511;
+    // Steps at 511..540 cross the window: one-token queries use only the last
+    // 512 keys, while the full forward masks the rest.
+    for end in [511, 512, 513, 514, 530] {
+        let mut step = Vec::new();
+        while next <= end {
+            step = logits(engine, &tokens[next - 1..next], &mut cache);
+            next += 1;
+        }
+        let full = logits(engine, &tokens[..end], &mut engine.new_cache());
+        // Close, not bit-equal: see tests/engine.rs on 8-bit activation rounding.
+        assert!(relative_l2(&step, &full) < 0.15, "position {end}");
+        let mut sorted = full.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        if sorted[0] - sorted[1] > 1.0 {
+            assert_eq!(argmax(&step), argmax(&full), "position {end}");
+        }
+    }
+}
+
+#[test]
+fn generates_text_with_the_named_gemma_template() {
+    let engine = gemma3();
+    let messages = [serde_json::json!({"role": "user", "content": "Hi"})];
+    let prompt = engine.render_chat(&messages, None, true).unwrap();
+    assert!(prompt.starts_with("<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"));
+    let raw = engine.tokenize_prompt("The capital of France is").unwrap();
+    assert_eq!(
+        raw.iter().filter(|&&t| t == 2).count(),
+        1,
+        "exactly one BOS"
+    );
+    let params = GenerateParams {
+        max_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop_sequences: vec![],
+    };
+    let out = engine
+        .generate(
+            &mut engine.new_cache(),
+            &raw,
+            &params,
+            &CancelToken::new(),
+            |_| {},
+        )
+        .unwrap();
+    assert!(
+        out.text.contains("Paris") || out.text.contains("France"),
+        "{:?}",
+        out.text
+    );
+}
