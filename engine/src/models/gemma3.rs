@@ -86,7 +86,7 @@ impl Config {
 
     /// Whether layer `i` attends through a sliding window.
     pub fn is_sliding(&self, layer: usize) -> bool {
-        (layer + 1) % self.sliding_window_pattern != 0
+        !(layer + 1).is_multiple_of(self.sliding_window_pattern)
     }
 }
 
