@@ -146,3 +146,38 @@ fn generates_text_with_the_named_gemma_template() {
         out.text
     );
 }
+
+/// Greedy continuations against llama.cpp's on the same file, one of them on
+/// a prompt twice as long as the sliding window (`fixtures/gemma3/`).
+#[test]
+fn greedy_continuations_agree_with_llama_cpp() {
+    let engine = gemma3();
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/gemma3/llama_cpp_greedy.json")).unwrap();
+    let params = GenerateParams {
+        max_tokens: fixture["max_tokens"].as_u64().unwrap() as usize,
+        sampling: SamplingParams::greedy(),
+        stop_sequences: vec![],
+    };
+    for case in fixture["cases"].as_array().unwrap() {
+        let prompt = engine
+            .tokenize_prompt(case["prompt"].as_str().unwrap())
+            .unwrap();
+        let out = engine
+            .generate(
+                &mut engine.new_cache(),
+                &prompt,
+                &params,
+                &CancelToken::new(),
+                |_| {},
+            )
+            .unwrap();
+        let expected = case["expected_prefix"].as_str().unwrap();
+        assert!(
+            out.text.starts_with(expected),
+            "{}: expected {expected:?}, got {:?}",
+            case["name"],
+            out.text
+        );
+    }
+}
