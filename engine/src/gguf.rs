@@ -198,6 +198,13 @@ impl Gguf {
             .map(|t| t.shape.elem_count())
     }
 
+    /// Reads a weight by its GGUF name as a matmul operand (kept quantized).
+    pub fn qmatmul(&self, name: &str, device: &Device) -> Result<candle_core::quantized::QMatMul> {
+        Ok(candle_core::quantized::QMatMul::from_qtensor(
+            self.tensor(name, device)?,
+        )?)
+    }
+
     /// Reads a tensor by its GGUF name onto `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         if !self.has_tensor(name) {

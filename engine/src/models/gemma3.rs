@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
-use crate::models::llama::{attention, windowed_causal_mask, RmsNorm, RotaryEmbedding};
+use crate::models::llama::{
+    attention, windowed_causal_mask, Activation, Mlp, RmsNorm, RotaryEmbedding,
+};
 use crate::models::ModelInfo;
 
 /// Rotary base of the local (sliding-window) layers, fixed by Gemma 3.
@@ -112,11 +114,7 @@ impl Attention {
         window: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        let w = |name: &str| -> Result<QMatMul> {
-            Ok(QMatMul::from_qtensor(
-                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
-            )?)
-        };
+        let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
         let norm = |name: &str| {
             RmsNorm::new(
                 gguf,
@@ -185,35 +183,6 @@ impl Attention {
     }
 }
 
-/// GELU(tanh)-gated feed-forward: `down(gelu(gate(x)) * up(x))`.
-#[derive(Debug, Clone)]
-struct Mlp {
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
-}
-
-impl Mlp {
-    fn new(gguf: &Gguf, prefix: &str, device: &Device) -> Result<Self> {
-        let w = |name: &str| -> Result<QMatMul> {
-            Ok(QMatMul::from_qtensor(
-                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
-            )?)
-        };
-        Ok(Self {
-            gate: w("ffn_gate")?,
-            up: w("ffn_up")?,
-            down: w("ffn_down")?,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate.forward(xs)?.gelu()?;
-        let up = self.up.forward(xs)?;
-        Ok(self.down.forward(&(gate * up)?)?)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     attn_norm: RmsNorm,
@@ -275,7 +244,7 @@ impl Model {
                 )?,
                 post_attn_norm: norm("post_attention_norm")?,
                 ffn_norm: norm("ffn_norm")?,
-                mlp: Mlp::new(gguf, &prefix, device)?,
+                mlp: Mlp::new(gguf, &prefix, Activation::GeluTanh, device)?,
                 post_ffn_norm: norm("post_ffw_norm")?,
                 sliding,
             });

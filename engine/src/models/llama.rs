@@ -222,11 +222,7 @@ struct Attention {
 
 impl Attention {
     fn new(gguf: &Gguf, prefix: &str, cfg: &Config, device: &Device) -> Result<Self> {
-        let w = |name: &str| -> Result<QMatMul> {
-            Ok(QMatMul::from_qtensor(
-                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
-            )?)
-        };
+        let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
         Ok(Self {
             q: w("attn_q")?,
             k: w("attn_k")?,
@@ -265,30 +261,46 @@ impl Attention {
     }
 }
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+/// The gate's activation in a gated feed-forward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Activation {
+    /// SiLU (llama family).
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+}
+
+/// Gated feed-forward: `down(act(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
     gate: QMatMul,
     up: QMatMul,
     down: QMatMul,
+    activation: Activation,
 }
 
 impl Mlp {
-    pub(crate) fn new(gguf: &Gguf, prefix: &str, device: &Device) -> Result<Self> {
-        let w = |name: &str| -> Result<QMatMul> {
-            Ok(QMatMul::from_qtensor(
-                gguf.tensor(&format!("{prefix}.{name}.weight"), device)?,
-            )?)
-        };
+    pub(crate) fn new(
+        gguf: &Gguf,
+        prefix: &str,
+        activation: Activation,
+        device: &Device,
+    ) -> Result<Self> {
+        let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
         Ok(Self {
             gate: w("ffn_gate")?,
             up: w("ffn_up")?,
             down: w("ffn_down")?,
+            activation,
         })
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(xs)?)?;
+        let gate = self.gate.forward(xs)?;
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
         let up = self.up.forward(xs)?;
         Ok(self.down.forward(&(gate * up)?)?)
     }
@@ -343,7 +355,7 @@ impl Model {
                     cfg.rms_norm_eps,
                     device,
                 )?,
-                mlp: Mlp::new(gguf, &prefix, device)?,
+                mlp: Mlp::new(gguf, &prefix, Activation::Silu, device)?,
             });
         }
         let total = gguf.parameter_count();
