@@ -14,7 +14,7 @@ use showdown_engine::{
     SamplingParams, StopReason,
 };
 
-use crate::util::pinned_model_path;
+use crate::util::{generate_cold, greedy, pinned_model_path, relative_l2};
 
 fn smollm2() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -46,18 +46,6 @@ fn oracle_logits(oracle: &mut OracleLlama, tokens: &[u32], pos: usize) -> Vec<f3
         .unwrap()
         .to_vec1()
         .unwrap()
-}
-
-fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let diff: f32 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt();
-    let norm: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
-    diff / norm
 }
 
 fn chat_prompt(engine: &Engine, user: &str) -> Vec<u32> {
@@ -107,11 +95,7 @@ fn logits_match_candle_transformers_oracle() {
 fn greedy_64_token_continuation_matches_oracle() {
     let engine = smollm2();
     let prompt = chat_prompt(engine, "Write a short poem about the sea.");
-    let params = GenerateParams {
-        max_tokens: 64,
-        sampling: SamplingParams::greedy(),
-        stop_sequences: vec![],
-    };
+    let params = greedy(64);
     let mut cache = engine.new_cache();
     let ours = engine
         .generate(&mut cache, &prompt, &params, &CancelToken::new(), |_| {})
@@ -219,11 +203,7 @@ fn truncated_and_forked_caches_continue_like_fresh_runs() {
 fn generate_reuses_the_cached_prefix_and_chunks_long_prompts() {
     let engine = smollm2();
     let prompt = long_prompt(engine, 1200);
-    let params = GenerateParams {
-        max_tokens: 8,
-        sampling: SamplingParams::greedy(),
-        stop_sequences: vec![],
-    };
+    let params = greedy(8);
     let mut cache = engine.new_cache();
     let cold = engine
         .generate(&mut cache, &prompt, &params, &CancelToken::new(), |_| {})
@@ -263,35 +243,14 @@ fn sampling_is_seeded_and_stop_sequences_and_cancel_work() {
             },
             stop_sequences: vec![],
         };
-        engine
-            .generate(
-                &mut engine.new_cache(),
-                &prompt,
-                &params,
-                &CancelToken::new(),
-                |_| {},
-            )
-            .unwrap()
-            .tokens
+        generate_cold(engine, &prompt, &params).tokens
     };
     assert_eq!(sampled(42), sampled(42));
     assert_ne!(sampled(42), sampled(43));
 
     // Stop at the first space-separated word the greedy output contains.
-    let greedy = GenerateParams {
-        max_tokens: 32,
-        sampling: SamplingParams::greedy(),
-        stop_sequences: vec![],
-    };
-    let full = engine
-        .generate(
-            &mut engine.new_cache(),
-            &prompt,
-            &greedy,
-            &CancelToken::new(),
-            |_| {},
-        )
-        .unwrap();
+    let short_greedy = greedy(32);
+    let full = generate_cold(engine, &prompt, &short_greedy);
     let stop_word = full
         .text
         .split_whitespace()
@@ -300,7 +259,7 @@ fn sampling_is_seeded_and_stop_sequences_and_cancel_work() {
         .to_string();
     let with_stop = GenerateParams {
         stop_sequences: vec![stop_word.clone()],
-        ..greedy.clone()
+        ..short_greedy.clone()
     };
     let mut streamed = String::new();
     let stopped = engine
@@ -328,7 +287,7 @@ fn sampling_is_seeded_and_stop_sequences_and_cancel_work() {
     let remote = cancel.clone();
     let params = GenerateParams {
         max_tokens: 200,
-        ..greedy
+        ..short_greedy
     };
     let result = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -441,20 +400,8 @@ fn bad_model_files_and_prompts_get_clear_errors() {
         "{err}"
     );
     let prompt = small.tokenize_prompt("Hello there").unwrap();
-    let params = GenerateParams {
-        max_tokens: 1000,
-        sampling: SamplingParams::greedy(),
-        stop_sequences: vec![],
-    };
-    let out = small
-        .generate(
-            &mut small.new_cache(),
-            &prompt,
-            &params,
-            &CancelToken::new(),
-            |_| {},
-        )
-        .unwrap();
+    let params = greedy(1000);
+    let out = generate_cold(&small, &prompt, &params);
     assert!(
         prompt.len() + out.tokens.len() <= 65,
         "generation stops at the context"

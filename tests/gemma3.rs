@@ -8,9 +8,9 @@
 
 use std::sync::OnceLock;
 
-use showdown_engine::{argmax, CancelToken, Engine, GenerateParams, LoadOptions, SamplingParams};
+use showdown_engine::{argmax, Engine, LoadOptions};
 
-use crate::util::pinned_model_path;
+use crate::util::{generate_cold, greedy, pinned_model_path, relative_l2};
 
 fn gemma3() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -22,16 +22,6 @@ fn gemma3() -> &'static Engine {
         };
         Engine::load(&pinned_model_path("gemma3-270m"), &options).expect("load gemma3-270m")
     })
-}
-
-fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
-    let diff: f32 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt();
-    diff / b.iter().map(|y| y * y).sum::<f32>().sqrt()
 }
 
 /// A text of at least `n` tokens (BOS included).
@@ -126,20 +116,8 @@ fn generates_text_with_the_named_gemma_template() {
         1,
         "exactly one BOS"
     );
-    let params = GenerateParams {
-        max_tokens: 12,
-        sampling: SamplingParams::greedy(),
-        stop_sequences: vec![],
-    };
-    let out = engine
-        .generate(
-            &mut engine.new_cache(),
-            &raw,
-            &params,
-            &CancelToken::new(),
-            |_| {},
-        )
-        .unwrap();
+    let params = greedy(12);
+    let out = generate_cold(engine, &raw, &params);
     assert!(
         out.text.contains("Paris") || out.text.contains("France"),
         "{:?}",
@@ -154,24 +132,12 @@ fn greedy_continuations_agree_with_llama_cpp() {
     let engine = gemma3();
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("../fixtures/gemma3/llama_cpp_greedy.json")).unwrap();
-    let params = GenerateParams {
-        max_tokens: fixture["max_tokens"].as_u64().unwrap() as usize,
-        sampling: SamplingParams::greedy(),
-        stop_sequences: vec![],
-    };
+    let params = greedy(fixture["max_tokens"].as_u64().unwrap() as usize);
     for case in fixture["cases"].as_array().unwrap() {
         let prompt = engine
             .tokenize_prompt(case["prompt"].as_str().unwrap())
             .unwrap();
-        let out = engine
-            .generate(
-                &mut engine.new_cache(),
-                &prompt,
-                &params,
-                &CancelToken::new(),
-                |_| {},
-            )
-            .unwrap();
+        let out = generate_cold(engine, &prompt, &params);
         let expected = case["expected_prefix"].as_str().unwrap();
         assert!(
             out.text.starts_with(expected),

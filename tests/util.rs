@@ -183,3 +183,41 @@ pub fn pinned_model_path(name: &str) -> PathBuf {
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
+
+/// Relative L2 distance of `a` from `b`: how far two logit vectors are apart.
+pub fn relative_l2(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let diff: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
+    diff / b.iter().map(|y| y * y).sum::<f32>().sqrt()
+}
+
+/// Greedy generation of at most `max_tokens`, no stop sequences.
+pub fn greedy(max_tokens: usize) -> showdown_engine::GenerateParams {
+    showdown_engine::GenerateParams {
+        max_tokens,
+        sampling: showdown_engine::SamplingParams::greedy(),
+        stop_sequences: vec![],
+    }
+}
+
+/// Generates from an empty cache, uncancelled, ignoring the stream.
+pub fn generate_cold(
+    engine: &showdown_engine::Engine,
+    prompt: &[u32],
+    params: &showdown_engine::GenerateParams,
+) -> showdown_engine::Generation {
+    engine
+        .generate(
+            &mut engine.new_cache(),
+            prompt,
+            params,
+            &showdown_engine::CancelToken::new(),
+            |_| {},
+        )
+        .expect("generate")
+}
