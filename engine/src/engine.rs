@@ -144,6 +144,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Restricts which tokens may come next: the hook grammar-constrained
+/// decoding (tool-call arguments under a JSON schema) plugs into.
+pub trait TokenConstraint {
+    /// Sets the logits of tokens not allowed next to negative infinity.
+    /// `logits` may be longer than the tokenizer's vocabulary.
+    fn mask(&mut self, logits: &mut [f32]) -> Result<()>;
+    /// Records the token sampled; returns `true` when nothing more may follow,
+    /// which ends generation as an end of turn.
+    fn accept(&mut self, token: u32) -> Result<bool>;
+}
+
 /// The result of a generation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Generation {
@@ -310,6 +321,20 @@ impl Engine {
         prompt: &[u32],
         params: &GenerateParams,
         cancel: &CancelToken,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        self.generate_constrained(cache, prompt, params, None, cancel, on_text)
+    }
+
+    /// [`Engine::generate`] with an optional [`TokenConstraint`] applied to
+    /// every sampled token.
+    pub fn generate_constrained(
+        &self,
+        cache: &mut KvCache,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut constraint: Option<&mut dyn TokenConstraint>,
+        cancel: &CancelToken,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation> {
         let start = Instant::now();
@@ -361,8 +386,15 @@ impl Engine {
             if cancel.is_cancelled() {
                 break StopReason::Cancelled;
             }
+            if let Some(constraint) = constraint.as_deref_mut() {
+                constraint.mask(&mut logits)?;
+            }
             let token = sampler.sample(&logits)?;
             tokens.push(token);
+            let constraint_done = match constraint.as_deref_mut() {
+                Some(constraint) => constraint.accept(token)?,
+                None => false,
+            };
             if first_token_at.is_none() {
                 first_token_at = Some(Instant::now());
                 timings.ttft_ms = ms(start.elapsed());
@@ -376,6 +408,9 @@ impl Engine {
                 if let Some(stop) = check.matched {
                     break StopReason::StopSequence(stop);
                 }
+            }
+            if constraint_done {
+                break StopReason::EndOfTurn;
             }
             if tokens.len() >= params.max_tokens {
                 break StopReason::MaxTokens;

@@ -27,7 +27,7 @@ pub use chat_template::{
 };
 pub use engine::{
     CancelToken, Engine, GenerateParams, Generation, LoadOptions, LoadReport, StopReason,
-    TemplateChoice, Timings, PREFILL_CHUNK,
+    TemplateChoice, Timings, TokenConstraint, PREFILL_CHUNK,
 };
 pub use error::{EngineError, Result};
 pub use gguf::Gguf;
