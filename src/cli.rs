@@ -33,6 +33,49 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure the engine in llama-bench's terms: pp512, pp2048, tg128.
     Bench(BenchArgs),
+    /// Serve the Anthropic Messages API (with prompt caching) over the local
+    /// engine, for Claude Code and the Anthropic SDKs.
+    Serve(ServeArgs),
+}
+
+/// `showdown serve …`
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Models to serve, by name, path:FILE.gguf or ollama:NAME[:TAG]
+    /// (repeatable; default: the default model).
+    #[arg(long = "model", short)]
+    pub models: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Require this key in `x-api-key` or `Authorization: Bearer`.
+    #[arg(long, env = "SHOWDOWN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Serve requested names matching PATTERN (`*` wildcards) with model NAME,
+    /// e.g. `claude-*=smollm2-135m` (repeatable).
+    #[arg(long = "alias", value_name = "PATTERN=NAME")]
+    pub aliases: Vec<String>,
+    /// Context length to serve (default: the model's).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Turn off prompt-prefix reuse across requests (for comparisons).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+    /// Conversations kept in the prompt cache per model.
+    #[arg(long, default_value_t = 4)]
+    pub cache_slots: usize,
+    /// Memory the prompt cache may use per model, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub cache_mib: usize,
+    /// Requests waiting per model before the server answers 529.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 32)]
+    pub max_body_mib: usize,
+    /// Log prompt text (off by default; keys are never logged).
+    #[arg(long)]
+    pub log_prompts: bool,
 }
 
 /// `showdown generate …`

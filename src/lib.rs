@@ -10,12 +10,15 @@
 //!   been checked against its pin.
 //! - Inference: [`load_engine`] loads a resolved model into the engine;
 //!   [`GenerationReport`] holds the figures `showdown generate` prints.
+//! - Serving: [`serve`] answers the Anthropic Messages API ([`ServeConfig`],
+//!   [`AppState`], [`server_app`] for tests) with prompt caching.
 //! - Benchmark: [`run_bench_test`] measures pp512 / pp2048 / tg128 in
 //!   llama-bench's terms.
 
 mod bench;
 mod inference;
 mod models;
+mod server;
 
 pub use bench::{
     describe as describe_bench_model, run_test as run_bench_test, BenchModel, BenchResult,
@@ -26,4 +29,8 @@ pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
     ModelStore, OllamaName, Origin, PipPart, PullOutcome, ResolvedModel, Source, HOME_ENV,
     MODELS_FILE_ENV, OLLAMA_MODELS_ENV, PYTHON_ENV,
+};
+pub use server::{
+    app as server_app, serve, serve_on, ApiError, AppState, OutputEvent, OutputParser,
+    PromptCacheConfig, ServeConfig, ServedModel, ToolPromptFormat,
 };

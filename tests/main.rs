@@ -1,5 +1,6 @@
 mod engine;
 mod gemma3;
 mod models;
+mod server;
 mod tokenizer;
 mod util;

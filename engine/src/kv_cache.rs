@@ -77,7 +77,13 @@ impl KvCache {
     /// An independent copy of the held positions (later appends to either
     /// cache do not affect the other).
     pub fn fork(&self) -> Result<Self> {
-        let len = self.len();
+        self.fork_prefix(self.len())
+    }
+
+    /// An independent copy of the first `len` held positions: what a second
+    /// conversation sharing only that prefix continues from.
+    pub fn fork_prefix(&self, len: usize) -> Result<Self> {
+        let len = len.min(self.len());
         let layers = self
             .layers
             .iter()
@@ -96,7 +102,7 @@ impl KvCache {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
-            tokens: self.tokens.clone(),
+            tokens: self.tokens[..len].to_vec(),
             max_len: self.max_len,
         })
     }

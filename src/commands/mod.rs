@@ -5,3 +5,4 @@
 pub mod bench;
 pub mod generate;
 pub mod models;
+pub mod serve;

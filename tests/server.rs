@@ -1,0 +1,646 @@
+//! `showdown serve` over loopback: the real server, the real engine and the
+//! real SmolLM2 weights, spoken to over HTTP as the Anthropic SDKs do.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use showdown::{resolve_model, AppState, ModelStore, PromptCacheConfig, ServeConfig};
+
+/// A server on an ephemeral loopback port, running on its own thread.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl TestServer {
+    /// Starts a server for the pinned SmolLM2 with `config` (its address is ignored).
+    pub fn start(config: ServeConfig) -> Self {
+        let store = ModelStore::from_env().expect("model store");
+        let model = resolve_model("smollm2-135m", &store)
+            .expect("smollm2-135m is pulled (run ./scripts/test, which pulls it)");
+        let engine = showdown::load_engine(&model, None).expect("load smollm2-135m");
+        let state = Arc::new(AppState::new(config, vec![(model, engine)]).expect("app state"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                showdown::serve_on(listener, state).await.unwrap();
+            });
+        });
+        Self { base }
+    }
+
+    /// The server most tests share: default settings plus a `claude-*` alias.
+    pub fn shared() -> &'static TestServer {
+        static SERVER: OnceLock<TestServer> = OnceLock::new();
+        SERVER.get_or_init(|| {
+            TestServer::start(ServeConfig {
+                aliases: vec![("claude-*".into(), "smollm2-135m".into())],
+                ..ServeConfig::default()
+            })
+        })
+    }
+
+    /// POSTs `body` (JSON) to `path`.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POSTs a message and returns (status, JSON body).
+    pub async fn message(&self, body: &Value) -> (u16, Value) {
+        let response = self.post("/v1/messages", body).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// POSTs a streamed message and returns its events as (name, data).
+    pub async fn stream(&self, body: &Value) -> Vec<(String, Value)> {
+        let response = self.post("/v1/messages", body).await;
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let mut events = Vec::new();
+        let mut stream = response.bytes_stream().eventsource();
+        while let Some(event) = stream.next().await {
+            let event = event.expect("well-formed SSE");
+            events.push((
+                event.event,
+                serde_json::from_str(&event.data).expect("JSON data"),
+            ));
+        }
+        events
+    }
+
+    /// GET `path` as JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn ask(question: &str, max_tokens: u64) -> Value {
+    json!({
+        "model": "smollm2-135m",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": question}],
+    })
+}
+
+fn assert_usage_shape(usage: &Value) {
+    for field in [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "output_tokens",
+    ] {
+        assert!(usage[field].is_u64(), "usage.{field} missing in {usage}");
+    }
+}
+
+fn prompt_total(usage: &Value) -> u64 {
+    usage["input_tokens"].as_u64().unwrap()
+        + usage["cache_creation_input_tokens"].as_u64().unwrap()
+        + usage["cache_read_input_tokens"].as_u64().unwrap()
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_type: &str) {
+    assert_eq!(status, want_status, "body: {body}");
+    assert_eq!(body["type"], "error", "body: {body}");
+    assert_eq!(body["error"]["type"], want_type, "body: {body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert!(body["request_id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("req_")));
+}
+
+/// A system prompt of roughly `words` words, different per `seed`.
+fn long_system(words: usize, seed: &str) -> String {
+    (0..words)
+        .map(|i| {
+            format!(
+                "{seed}{}",
+                ["alpha", "beta", "gamma", "delta", "rust", "cache"][i % 6]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn message_has_anthropic_shape() {
+    let server = TestServer::shared();
+    let response = server.post("/v1/messages", &ask("What is Rust?", 12)).await;
+    let request_id = response.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(request_id.starts_with("req_"));
+    let body: Value = response.json().await.unwrap();
+    assert!(body["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(body["model"], "smollm2-135m");
+    assert_eq!(body["content"][0]["type"], "text");
+    assert!(!body["content"][0]["text"].as_str().unwrap().is_empty());
+    assert_eq!(body["stop_reason"], "max_tokens");
+    assert!(body["stop_sequence"].is_null());
+    assert_usage_shape(&body["usage"]);
+    assert_eq!(body["usage"]["output_tokens"], 12);
+}
+
+#[tokio::test]
+async fn stop_sequence_and_end_turn() {
+    let server = TestServer::shared();
+    let mut request = ask("Write a sentence about the sea.", 40);
+    request["stop_sequences"] = json!([" "]);
+    let (status, body) = server.message(&request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stop_reason"], "stop_sequence");
+    assert_eq!(body["stop_sequence"], " ");
+    assert!(!body["content"][0]["text"].as_str().unwrap().contains(' '));
+
+    let (status, body) = server.message(&ask("Say hello.", 200)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["stop_reason"], "end_turn", "{body}");
+    assert!(body["usage"]["output_tokens"].as_u64().unwrap() < 200);
+}
+
+#[tokio::test]
+async fn stream_events_follow_the_documented_order() {
+    let server = TestServer::shared();
+    let mut request = ask("Name three colours.", 16);
+    let (_, plain) = server.message(&request).await;
+    request["stream"] = json!(true);
+    let events = server.stream(&request).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[0], "message_start");
+    assert_eq!(names[names.len() - 2], "message_delta");
+    assert_eq!(names[names.len() - 1], "message_stop");
+    let start = &events[0].1["message"];
+    assert!(start["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(start["content"], json!([]));
+    assert!(start["stop_reason"].is_null());
+    assert_usage_shape(&start["usage"]);
+
+    // One block at a time, indices contiguous from 0, deltas inside their block.
+    let mut open: Option<u64> = None;
+    let mut next = 0;
+    let mut text = String::new();
+    for (name, data) in &events {
+        assert_eq!(data["type"], name.as_str(), "event name and type agree");
+        match name.as_str() {
+            "content_block_start" => {
+                assert!(open.is_none());
+                assert_eq!(data["index"], next);
+                open = Some(next);
+                next += 1;
+            }
+            "content_block_delta" => {
+                assert_eq!(Some(data["index"].as_u64().unwrap()), open);
+                assert_eq!(data["delta"]["type"], "text_delta");
+                text.push_str(data["delta"]["text"].as_str().unwrap());
+            }
+            "content_block_stop" => assert_eq!(open.take(), data["index"].as_u64()),
+            "message_start" | "message_delta" | "message_stop" | "ping" => {}
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert!(open.is_none());
+    assert_eq!(next, 1);
+    // Greedy: the stream says exactly what the plain response says.
+    assert_eq!(text, plain["content"][0]["text"].as_str().unwrap());
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+    assert_usage_shape(&delta["usage"]);
+    assert_eq!(delta["usage"]["output_tokens"], 16);
+    assert_eq!(prompt_total(&delta["usage"]), prompt_total(&start["usage"]));
+}
+
+#[tokio::test]
+async fn count_tokens_equals_usage() {
+    let server = TestServer::shared();
+    let request = json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 4,
+        "temperature": 0,
+        "system": [{"type": "text", "text": "You answer briefly.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "What is 2+2?"}
+        ],
+    });
+    let counted = server.post("/v1/messages/count_tokens", &request).await;
+    assert_eq!(counted.status().as_u16(), 200);
+    let counted: Value = counted.json().await.unwrap();
+    let (status, body) = server.message(&request).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["model"], "claude-sonnet-4-5");
+    assert_eq!(
+        counted["input_tokens"].as_u64().unwrap(),
+        prompt_total(&body["usage"])
+    );
+    assert!(counted["input_tokens"].as_u64().unwrap() > 20);
+}
+
+#[tokio::test]
+async fn second_request_reads_the_cache() {
+    let server = TestServer::start(ServeConfig::default());
+    let system = long_system(400, "a");
+    let request = |question: &str| {
+        json!({
+            "model": "smollm2-135m",
+            "max_tokens": 2,
+            "temperature": 0,
+            "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+            "messages": [{"role": "user", "content": question}],
+        })
+    };
+    let (_, first) = server.message(&request("What is the first word?")).await;
+    let (_, second) = server.message(&request("What is the last word?")).await;
+    let first = &first["usage"];
+    let second = &second["usage"];
+    assert_eq!(first["cache_read_input_tokens"], 0);
+    let written = first["cache_creation_input_tokens"].as_u64().unwrap();
+    assert!(
+        written > 400,
+        "the system prompt is written at its breakpoint: {first}"
+    );
+    let read = second["cache_read_input_tokens"].as_u64().unwrap();
+    assert!(
+        read >= written,
+        "the second request reads the system prompt: {second}"
+    );
+    assert_eq!(second["cache_creation_input_tokens"], 0);
+    assert!(second["input_tokens"].as_u64().unwrap() < 30);
+}
+
+#[tokio::test]
+async fn no_prefix_cache_reads_nothing() {
+    let mut config = ServeConfig::default();
+    config.cache.enabled = false;
+    let server = TestServer::start(config);
+    let request = json!({
+        "model": "smollm2-135m", "max_tokens": 1, "temperature": 0,
+        "system": long_system(200, "b"),
+        "messages": [{"role": "user", "content": "Hi"}],
+    });
+    server.message(&request).await;
+    let (_, body) = server.message(&request).await;
+    assert_eq!(body["usage"]["cache_read_input_tokens"], 0);
+    assert_eq!(
+        prompt_total(&body["usage"]),
+        body["usage"]["input_tokens"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn billing_nonce_does_not_defeat_the_cache() {
+    let server = TestServer::start(ServeConfig::default());
+    let system = long_system(300, "c");
+    let request = |nonce: &str| {
+        json!({
+            "model": "smollm2-135m", "max_tokens": 1, "temperature": 0,
+            "system": [
+                {"type": "text", "text": format!("x-anthropic-billing-header: cc_version=2.0.50.a1b; cc_entrypoint=cli; cch={nonce};")},
+                {"type": "text", "text": system, "cache_control": {"type": "ephemeral"}},
+            ],
+            "messages": [{"role": "user", "content": "Hi"}],
+        })
+    };
+    let (_, first) = server.message(&request("7f3a1")).await;
+    let (_, second) = server.message(&request("c09e2")).await;
+    let written = first["usage"]["cache_creation_input_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(written > 300);
+    assert!(second["usage"]["cache_read_input_tokens"].as_u64().unwrap() >= written);
+}
+
+#[tokio::test]
+async fn mid_conversation_system_stays_in_place() {
+    let server = TestServer::start(ServeConfig::default());
+    let system = long_system(300, "d");
+    let turn = |with_note: bool| {
+        let mut messages = vec![
+            json!({"role": "user", "content": "List the words."}),
+            json!({"role": "assistant", "content": "alpha beta gamma"}),
+        ];
+        if with_note {
+            messages.push(json!({"role": "system", "content": "The user prefers short answers."}));
+        }
+        messages.push(json!({"role": "user", "content": "Thanks. And now?"}));
+        json!({"model": "smollm2-135m", "max_tokens": 1, "temperature": 0, "system": system, "messages": messages})
+    };
+    let (_, first) = server.message(&turn(false)).await;
+    let (status, second) = server.message(&turn(true)).await;
+    assert_eq!(status, 200, "{second}");
+    // Hoisting the note to the front would change the prompt right after the
+    // system prompt's start; kept in place, everything before it is reused.
+    let before_note = prompt_total(&first["usage"]) - 12;
+    assert!(
+        second["usage"]["cache_read_input_tokens"].as_u64().unwrap() >= before_note,
+        "{second}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_anthropic_errors() {
+    let server = TestServer::shared();
+    let raw = |body: &'static str| async move {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/messages", server.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let header = response.headers()["request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["request_id"],
+            header.as_str(),
+            "body id equals header id"
+        );
+        (status, body)
+    };
+    let (s, b) = raw("{not json").await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    let (s, b) =
+        raw(r#"{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}]}"#).await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_tokens"));
+    let (s, b) = raw(r#"{"model":"smollm2-135m","max_tokens":5}"#).await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    assert!(b["error"]["message"].as_str().unwrap().contains("messages"));
+    let (s, b) = raw(r#"{"model":"smollm2-135m","max_tokens":"5","messages":[]}"#).await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_tokens"));
+    let (s, b) =
+        raw(r#"{"model":"smollm2-135m","max_tokens":5,"messages":[{"role":"user","content":7}]}"#)
+            .await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("messages[0].content"));
+
+    let (s, b) = server.message(&json!({"model": "no-such-model", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_error(s, &b, 404, "not_found_error");
+    let (s, b) = server.get("/v1/nothing-here").await;
+    assert_error(s, &b, 404, "not_found_error");
+
+    let cc = json!({"type": "ephemeral"});
+    let blocks: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "text", "text": format!("part {i}"), "cache_control": cc}))
+        .collect();
+    let (s, b) = server.message(&json!({"model": "smollm2-135m", "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]})).await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum of 4"));
+
+    let tool = json!({"name": "Read", "description": "Read a file", "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}, "required": ["file_path"]}});
+    let (s, b) = server.message(&json!({"model": "smollm2-135m", "max_tokens": 5, "tools": [tool], "tool_choice": {"type": "tool", "name": "Write"}, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    assert!(b["error"]["message"].as_str().unwrap().contains("Write"));
+    let (s, b) = server.message(&json!({"model": "smollm2-135m", "max_tokens": 5, "tools": [tool], "messages": [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_missing", "content": "data"}]}
+    ]})).await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("toolu_missing"));
+
+    // Too long for the 8192-token context: the exact text clients key compaction on.
+    let long = "word ".repeat(9000);
+    let (s, b) = server.message(&ask(&long, 5)).await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    let message = b["error"]["message"].as_str().unwrap();
+    let rest = message.strip_prefix("prompt is too long: ").expect(message);
+    let (tokens, max) = rest.split_once(" tokens > ").expect(message);
+    assert!(tokens.parse::<u64>().unwrap() > 8191);
+    assert_eq!(max, "8191 maximum");
+
+    // max_tokens beyond the context is clamped, not refused.
+    let (s, b) = server.message(&ask("Hi", 1_000_000)).await;
+    assert_eq!(s, 200, "{b}");
+
+    // And the server is still answering.
+    let (s, _) = server.message(&ask("Still there?", 2)).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let server = TestServer::start(ServeConfig {
+        max_body_bytes: 1 << 20,
+        ..ServeConfig::default()
+    });
+    let big = "x".repeat(2 << 20);
+    let (s, b) = server.message(&ask(&big, 5)).await;
+    assert_error(s, &b, 413, "request_too_large");
+}
+
+#[tokio::test]
+async fn client_extras_are_accepted() {
+    let server = TestServer::shared();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages?beta=true", server.base))
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "prompt-caching-2024-07-31,context-management-2025-06-27")
+        .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+        .json(&json!({
+            "model": "smollm2-135m", "max_tokens": 3, "temperature": 0,
+            "metadata": {"user_id": "u1"},
+            "thinking": {"type": "disabled"},
+            "context_management": {"edits": []},
+            "output_config": {"effort": "low"},
+            "some_future_field": {"x": 1},
+            "tools": [{"name": "LS", "description": "List", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}, "strict": true, "defer_loading": false}],
+            "tool_choice": {"type": "none"},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let head = reqwest::Client::new()
+        .head(&server.base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn api_key_is_checked() {
+    let server = TestServer::start(ServeConfig {
+        api_key: Some("sk-test-123".into()),
+        ..ServeConfig::default()
+    });
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", server.base);
+    let body = ask("Hi", 1).to_string();
+    let none = client.post(&url).body(body.clone()).send().await.unwrap();
+    let status = none.status().as_u16();
+    assert_error(
+        status,
+        &none.json().await.unwrap(),
+        401,
+        "authentication_error",
+    );
+    let wrong = client
+        .post(&url)
+        .header("x-api-key", "nope")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = wrong.status().as_u16();
+    assert_error(
+        status,
+        &wrong.json().await.unwrap(),
+        401,
+        "authentication_error",
+    );
+    let right = client
+        .post(&url)
+        .header("x-api-key", "sk-test-123")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status().as_u16(), 200);
+    let bearer = client
+        .post(&url)
+        .header("authorization", "Bearer sk-test-123")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 200);
+    let head = client.head(&server.base).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn models_are_listed_and_paged() {
+    let server = TestServer::shared();
+    let (s, list) = server.get("/v1/models").await;
+    assert_eq!(s, 200);
+    assert_eq!(list["data"][0]["type"], "model");
+    assert_eq!(list["data"][0]["id"], "smollm2-135m");
+    assert!(list["data"][0]["created_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(list["has_more"], false);
+    assert_eq!(list["first_id"], "smollm2-135m");
+    let (s, page) = server.get("/v1/models?limit=1&after_id=smollm2-135m").await;
+    assert_eq!(s, 200);
+    assert_eq!(page["data"], json!([]));
+    let (s, b) = server.get("/v1/models?limit=0").await;
+    assert_error(s, &b, 400, "invalid_request_error");
+    let (s, one) = server.get("/v1/models/smollm2-135m").await;
+    assert_eq!(s, 200);
+    assert_eq!(one["id"], "smollm2-135m");
+    let (s, b) = server.get("/v1/models/gpt-5").await;
+    assert_error(s, &b, 404, "not_found_error");
+}
+
+#[tokio::test]
+async fn full_queue_sheds_load_with_529() {
+    let server = Arc::new(TestServer::start(ServeConfig {
+        queue_depth: 1,
+        ..ServeConfig::default()
+    }));
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let server = server.clone();
+        handles.push(tokio::spawn(async move {
+            server
+                .message(&ask("Write a long story about a dragon.", 64))
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut statuses = Vec::new();
+    for handle in handles {
+        let (status, body) = handle.await.unwrap();
+        if status == 529 {
+            assert_error(status, &body, 529, "overloaded_error");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&529), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn disconnect_cancels_generation() {
+    let server = TestServer::start(ServeConfig::default());
+    let mut request = ask("Write a very long story about a dragon.", 4000);
+    request["stream"] = json!(true);
+    let response = server.post("/v1/messages", &request).await;
+    let mut stream = response.bytes_stream().eventsource();
+    // Read until the first text arrives, then hang up.
+    while let Some(event) = stream.next().await {
+        if event.unwrap().event == "content_block_delta" {
+            break;
+        }
+    }
+    drop(stream);
+    let mut stats = Value::Null;
+    for _ in 0..600 {
+        let (_, body) = server.get("/showdown/stats").await;
+        stats = body["models"][0]["stats"].clone();
+        if stats["cancelled"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats["cancelled"], 1, "{stats}");
+    assert!(
+        stats["generated_tokens"].as_u64().unwrap() < 4000,
+        "{stats}"
+    );
+}
