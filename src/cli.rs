@@ -36,6 +36,23 @@ pub enum Command {
     /// Serve the Anthropic Messages API (with prompt caching) over the local
     /// engine, for Claude Code and the Anthropic SDKs.
     Serve(ServeArgs),
+    /// Time to first token per turn of a five-turn agent conversation through
+    /// `serve`, with the prompt cache on and off.
+    BenchCache(CacheBenchArgs),
+}
+
+/// `showdown bench-cache …`
+#[derive(Debug, clap::Args)]
+pub struct CacheBenchArgs {
+    /// The model (default: the default model).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Turns of conversation.
+    #[arg(long, default_value_t = 5)]
+    pub turns: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `showdown serve …`

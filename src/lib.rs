@@ -16,6 +16,7 @@
 //!   llama-bench's terms.
 
 mod bench;
+mod cache_bench;
 mod inference;
 mod models;
 mod server;
@@ -24,6 +25,7 @@ pub use bench::{
     describe as describe_bench_model, run_test as run_bench_test, BenchModel, BenchResult,
     BenchTest,
 };
+pub use cache_bench::{run_cache_bench, CacheBenchTurn};
 pub use inference::{load_engine, mib, GenerationReport};
 pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use showdown::{resolve_model, AppState, ModelStore, PromptCacheConfig, ServeConfig};
+use showdown::{resolve_model, AppState, ModelStore, ServeConfig};
 
 /// A server on an ephemeral loopback port, running on its own thread.
 pub struct TestServer {
@@ -643,4 +643,61 @@ async fn disconnect_cancels_generation() {
         stats["generated_tokens"].as_u64().unwrap() < 4000,
         "{stats}"
     );
+}
+
+/// The official Anthropic Python SDK against the server: installed by
+/// `./scripts/test` into `target/sdk-venv` (or name a Python with
+/// SHOWDOWN_SDK_PYTHON).
+#[test]
+fn anthropic_python_sdk() {
+    let python = std::env::var("SHOWDOWN_SDK_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/sdk-venv/bin/python").to_string()
+    });
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "no Python with the anthropic SDK at {python}: run ./scripts/test, which installs it"
+    );
+    let server = TestServer::start(ServeConfig {
+        api_key: Some("sk-sdk-test".into()),
+        ..ServeConfig::default()
+    });
+    let output = std::process::Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/anthropic_sdk_check.py"))
+        .env("ANTHROPIC_BASE_URL", &server.base)
+        .env("ANTHROPIC_API_KEY", "sk-sdk-test")
+        .env("SHOWDOWN_MODEL", "smollm2-135m")
+        .output()
+        .expect("run the SDK check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all SDK checks passed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn side_request_keeps_the_conversation_cached() {
+    let server = TestServer::start(ServeConfig::default());
+    let main_turn = |question: &str| {
+        json!({
+            "model": "smollm2-135m", "max_tokens": 1, "temperature": 0,
+            "system": long_system(300, "main"),
+            "messages": [{"role": "user", "content": question}],
+        })
+    };
+    let (_, first) = server.message(&main_turn("First question?")).await;
+    // A side request (a title, a sub-agent) with its own long system prompt.
+    let side = json!({
+        "model": "smollm2-135m", "max_tokens": 1, "temperature": 0,
+        "system": long_system(300, "side"),
+        "messages": [{"role": "user", "content": "Title for this chat?"}],
+    });
+    server.message(&side).await;
+    let (_, again) = server.message(&main_turn("Second question?")).await;
+    let system_tokens = prompt_total(&first["usage"]) - 10;
+    assert!(
+        again["usage"]["cache_read_input_tokens"].as_u64().unwrap() >= system_tokens,
+        "the side request evicted the conversation: {again}"
+    );
+    let (_, stats) = server.get("/showdown/stats").await;
+    assert_eq!(stats["models"][0]["stats"]["cache_slots"], 2, "{stats}");
 }

@@ -3,6 +3,7 @@
 //! `anyhow::Result` for `main` to report.
 
 pub mod bench;
+pub mod cache_bench;
 pub mod generate;
 pub mod models;
 pub mod serve;

@@ -53,9 +53,9 @@ pub enum SystemPrompt {
 /// A system text block.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SystemBlock {
-    /// Always `text`.
+    /// Always `text` (checked when parsing).
     #[serde(rename = "type")]
-    pub kind: BlockKindText,
+    pub _kind: BlockKindText,
     /// The text.
     pub text: String,
     /// A cache breakpoint after this block.
@@ -74,9 +74,9 @@ pub enum BlockKindText {
 /// `cache_control`: `{"type": "ephemeral", "ttl": "5m" | "1h"}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheControl {
-    /// Always `ephemeral`.
+    /// Always `ephemeral` (checked when parsing).
     #[serde(rename = "type")]
-    pub kind: CacheKind,
+    pub _kind: CacheKind,
     /// Lifetime; 5 minutes when absent.
     #[serde(default)]
     pub ttl: Option<CacheTtl>,
@@ -145,11 +145,7 @@ pub enum ContentBlockParam {
         cache_control: Option<CacheControl>,
     },
     /// An image: these models read text only.
-    Image {
-        /// Ignored.
-        #[serde(default)]
-        source: Value,
-    },
+    Image {},
     /// A document: text documents are read as text.
     Document {
         /// `{"type": "text", "data": ...}` is supported.

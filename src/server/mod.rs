@@ -34,7 +34,6 @@ pub use error::ApiError;
 pub use output::{OutputEvent, OutputParser};
 pub use prompt::ToolPromptFormat;
 pub use prompt_cache::PromptCacheConfig;
-pub use worker::WorkerStatsSnapshot;
 
 use crate::models::ResolvedModel;
 use worker::WorkerHandle;

@@ -311,7 +311,7 @@ fn conversation_turns(
                             push_paragraph(&mut text, t);
                             cache_control
                         }
-                        ContentBlockParam::Image { .. } => {
+                        ContentBlockParam::Image {} => {
                             push_paragraph(
                                 &mut text,
                                 "[image omitted: this model reads text only]",
@@ -470,7 +470,7 @@ mod tests {
         let mut marks = Marks::default();
         let mut text = "hello  \n".to_string();
         let cc = CacheControl {
-            kind: super::super::api::CacheKind::Ephemeral,
+            _kind: super::super::api::CacheKind::Ephemeral,
             ttl: Some(CacheTtl::OneHour),
         };
         marks.mark(&mut text, &cc);

@@ -110,13 +110,8 @@ impl PromptCache {
     }
 
     /// Slots held.
-    pub fn len(&self) -> usize {
+    pub fn slot_count(&self) -> usize {
         self.slots.len()
-    }
-
-    /// Whether no slot is held.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     /// Bytes of keys and values held.

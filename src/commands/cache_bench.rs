@@ -1,0 +1,54 @@
+//! `showdown bench-cache`: time to first token per turn of a five-turn agent
+//! conversation, with the prompt cache on and off.
+
+use anyhow::{Context, Result};
+use showdown::{load_engine, resolve_model, run_cache_bench, ModelStore};
+
+use crate::cli::CacheBenchArgs;
+
+/// Runs `showdown bench-cache`.
+pub fn run(args: CacheBenchArgs) -> Result<()> {
+    let store = ModelStore::from_env()?;
+    let reference = match &args.model {
+        Some(m) => m.clone(),
+        None => store
+            .catalogue()
+            .default_model()
+            .context("the models file names no default model; pass --model")?
+            .name
+            .clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut runs = Vec::new();
+    for prefix_cache in [true, false] {
+        let model = resolve_model(&reference, &store)?;
+        let engine = load_engine(&model, None)?;
+        runs.push(runtime.block_on(run_cache_bench(model, engine, prefix_cache, args.turns))?);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": reference, "cached": runs[0], "uncached": runs[1]})
+        );
+        return Ok(());
+    }
+    println!("prompt cache on {reference}: TTFT per turn (client side, streamed)");
+    println!(
+        "| turn | prompt tokens | cache read | TTFT cached (ms) | TTFT uncached (ms) | cached / uncached |"
+    );
+    println!("|-----:|--------------:|-----------:|-----------------:|-------------------:|------------------:|");
+    for (cached, uncached) in runs[0].iter().zip(&runs[1]) {
+        println!(
+            "| {:>4} | {:>13} | {:>10} | {:>16.0} | {:>18.0} | {:>16.1}% |",
+            cached.turn,
+            cached.prompt_tokens,
+            cached.cache_read_tokens,
+            cached.ttft_ms,
+            uncached.ttft_ms,
+            100.0 * cached.ttft_ms / uncached.ttft_ms
+        );
+    }
+    Ok(())
+}
