@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use showdown_engine::Engine;
 
+use crate::api::{serve_on, AppState, PromptCacheConfig, ServeConfig};
 use crate::models::ResolvedModel;
-use crate::server::{serve_on, AppState, PromptCacheConfig, ServeConfig};
 
 /// One turn's figures.
 #[derive(Debug, Clone, Serialize)]

@@ -15,12 +15,16 @@
 //! - Benchmark: [`run_bench_test`] measures pp512 / pp2048 / tg128 in
 //!   llama-bench's terms.
 
+mod api;
 mod bench;
 mod cache_bench;
 mod inference;
 mod models;
-mod server;
 
+pub use api::{
+    app as server_app, serve, serve_on, ApiError, AppState, OutputEvent, OutputParser,
+    PromptCacheConfig, ServeConfig, ServedModel, ToolPromptFormat,
+};
 pub use bench::{
     describe as describe_bench_model, run_test as run_bench_test, BenchModel, BenchResult,
     BenchTest,
@@ -31,8 +35,4 @@ pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
     ModelStore, OllamaName, Origin, PipPart, PullOutcome, ResolvedModel, Source, HOME_ENV,
     MODELS_FILE_ENV, OLLAMA_MODELS_ENV, PYTHON_ENV,
-};
-pub use server::{
-    app as server_app, serve, serve_on, ApiError, AppState, OutputEvent, OutputParser,
-    PromptCacheConfig, ServeConfig, ServedModel, ToolPromptFormat,
 };

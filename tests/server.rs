@@ -662,7 +662,10 @@ fn anthropic_python_sdk() {
         ..ServeConfig::default()
     });
     let output = std::process::Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/anthropic_sdk_check.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/anthropic_sdk_check.py"
+        ))
         .env("ANTHROPIC_BASE_URL", &server.base)
         .env("ANTHROPIC_API_KEY", "sk-sdk-test")
         .env("SHOWDOWN_MODEL", "smollm2-135m")
@@ -670,7 +673,10 @@ fn anthropic_python_sdk() {
         .expect("run the SDK check");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "SDK check failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all SDK checks passed"), "{stdout}");
 }
 

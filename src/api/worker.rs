@@ -154,7 +154,9 @@ fn run(
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!("a generation panicked; its cache was dropped");
         }
-        stats.cache_slots.store(cache.slot_count(), Ordering::Relaxed);
+        stats
+            .cache_slots
+            .store(cache.slot_count(), Ordering::Relaxed);
         stats
             .cache_bytes
             .store(cache.allocated_bytes(), Ordering::Relaxed);
