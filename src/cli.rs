@@ -36,9 +36,123 @@ pub enum Command {
     /// Serve the Anthropic Messages API (with prompt caching) over the local
     /// engine, for Claude Code and the Anthropic SDKs.
     Serve(ServeArgs),
+    /// Run eval suites against a target, score them and record the run in
+    /// SQLite. With no arguments: the default model on the default suites.
+    Run(RunArgs),
+    /// Stored runs: list them, show one.
+    Runs {
+        /// What to do with runs.
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Re-score a stored run's transcripts with the current scorers.
+    Rescore(RescoreArgs),
+    /// Run a stored run again with the same pins, and say where transcripts differ.
+    Rerun(RerunArgs),
     /// Time to first token per turn of a five-turn agent conversation through
     /// `serve`, with the prompt cache on and off.
     BenchCache(CacheBenchArgs),
+}
+
+/// `showdown run …`
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Suites by name (evals/NAME.toml) or path (repeatable; default: summarize,
+    /// word-limit, tool-calls).
+    #[arg(long = "suite", short)]
+    pub suites: Vec<String>,
+    /// builtin:MODEL (showdown's own server, started for the run) or the base
+    /// URL of a Messages endpoint (default: builtin:<default model>).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// The model name to request from a URL target.
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Samples per case (pass@k and pass^k in the summary).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Seed recorded with the run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override every case's sampling temperature.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+    /// Only cases whose SUITE/CASE id contains this.
+    #[arg(long = "case")]
+    pub case_filter: Option<String>,
+    /// A label for the run (a branch, a PR, an experiment).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Environment variable holding the target's API key.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Branch under test (default: from GitHub Actions' environment).
+    #[arg(long)]
+    pub git_branch: Option<String>,
+    /// Commit under test (default: from GitHub Actions' environment).
+    #[arg(long)]
+    pub git_commit: Option<String>,
+    /// Pull request number (default: from GitHub Actions' environment).
+    #[arg(long)]
+    pub pr: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `showdown runs …`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List stored runs, newest first.
+    List {
+        /// The results database.
+        #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+        db: std::path::PathBuf,
+        /// Most runs listed.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run: pins, host, per-suite table, per-case checks (and with
+    /// --json, transcripts).
+    Show {
+        /// Run id, `latest` or `latest:LABEL`.
+        run: String,
+        /// The results database.
+        #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+        db: std::path::PathBuf,
+        /// Print JSON with every transcript.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `showdown rescore …`
+#[derive(Debug, clap::Args)]
+pub struct RescoreArgs {
+    /// Run id, `latest` or `latest:LABEL`.
+    pub run: String,
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+}
+
+/// `showdown rerun …`
+#[derive(Debug, clap::Args)]
+pub struct RerunArgs {
+    /// Run id, `latest` or `latest:LABEL`.
+    pub run: String,
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+    /// Environment variable holding the target's API key.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
 }
 
 /// `showdown bench-cache …`

@@ -20,6 +20,8 @@ mod bench;
 mod cache_bench;
 mod inference;
 mod models;
+mod runner;
+mod store;
 
 pub use api::{
     app as server_app, serve, serve_on, ApiError, AppState, OutputEvent, OutputParser,
@@ -31,6 +33,15 @@ pub use bench::{
 };
 pub use cache_bench::{run_cache_bench, CacheBenchTurn};
 pub use inference::{load_engine, mib, GenerationReport};
+pub use runner::{
+    default_suites_dir, load_named_suites, render_table, rescore_case, run as run_eval, run_agent,
+    summarize, AgentOutcome, AgentTask, GitMeta, MessagesClient, RunOptions, RunReport,
+    SuiteSummary, Target, ToolExecutor, DEFAULT_SUITES,
+};
+pub use store::{
+    now as store_now, CaseRecord, CheckRecord, HostInfo, NewRun, RequestMetrics, RunRow, Store,
+    StoredCase, SuiteRow,
+};
 pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
     ModelStore, OllamaName, Origin, PipPart, PullOutcome, ResolvedModel, Source, HOME_ENV,

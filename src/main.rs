@@ -38,6 +38,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => commands::bench::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::BenchCache(args) => commands::cache_bench::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Runs { command } => commands::runs::run(command),
+        Command::Rescore(args) => commands::runs::rescore(args),
+        Command::Rerun(args) => commands::runs::rerun(args),
     }
 }
 

@@ -6,4 +6,6 @@ pub mod bench;
 pub mod cache_bench;
 pub mod generate;
 pub mod models;
+pub mod run;
+pub mod runs;
 pub mod serve;

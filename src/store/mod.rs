@@ -1,0 +1,667 @@
+//! The results store: SQLite through sqlx, schema in `migrations/` (embedded
+//! and applied when a store is opened), WAL mode so the dashboard can read
+//! while a run writes.
+//!
+//! A run is written as it goes: the run row first (`running`), then each case
+//! result in its own transaction, and `complete` only at the end. Opening a
+//! store marks runs whose process is gone `incomplete`, so an interrupted run
+//! is never shown as complete and its finished cases stay readable.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+/// The machine a run ran on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostInfo {
+    /// CPU model name.
+    pub cpu_model: String,
+    /// Logical cores.
+    pub cores: usize,
+    /// Physical memory in bytes.
+    pub memory_bytes: u64,
+    /// Operating system and kernel.
+    pub os: String,
+}
+
+impl HostInfo {
+    /// This machine, from /proc where available.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_bytes = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        Self {
+            cpu_model,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_bytes,
+            os: format!("{} {kernel}", std::env::consts::OS).trim().to_string(),
+        }
+    }
+
+    /// A short hash of everything above: runs compare only on equal fingerprints.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let text = format!(
+            "{}|{}|{}|{}",
+            self.cpu_model,
+            self.cores,
+            // Memory rounded to GiB: the kernel's count moves a little between boots.
+            self.memory_bytes >> 30,
+            self.os
+        );
+        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    }
+}
+
+/// What a new run records before its first case.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewRun {
+    /// Free label (a branch, a PR).
+    pub label: Option<String>,
+    /// `builtin:MODEL` or a base URL.
+    pub target: String,
+    /// The model name requested.
+    pub model: String,
+    /// The pinned file's sha256 (builtin targets).
+    pub model_sha256: Option<String>,
+    /// showdown-engine's version.
+    pub engine_version: String,
+    /// The git commit showdown was built from, when known.
+    pub git_sha: Option<String>,
+    /// Scorer version.
+    pub scorer_version: String,
+    /// Sampling settings.
+    pub sampling: Value,
+    /// Seed.
+    pub seed: u64,
+    /// Samples per case.
+    pub repeat: u32,
+    /// The machine.
+    pub host: HostInfo,
+    /// Git branch under test (CI).
+    pub git_branch: Option<String>,
+    /// Git commit under test (CI).
+    pub git_commit: Option<String>,
+    /// Pull request number (CI).
+    pub pr_number: Option<u64>,
+}
+
+/// One Messages request's figures, in DESIGN.md's names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RequestMetrics {
+    /// Request sent → first content delta.
+    pub ttft_ms: Option<f64>,
+    /// Request sent → stream end.
+    pub e2e_ms: f64,
+    /// Uncached prompt tokens.
+    pub input_tokens: u64,
+    /// Prompt tokens read from the cache.
+    pub cache_read_input_tokens: u64,
+    /// Prompt tokens written to the cache.
+    pub cache_creation_input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// Uncached input tokens / TTFT.
+    pub prefill_tok_s: Option<f64>,
+    /// (output_tokens − 1) / (e2e − TTFT).
+    pub decode_tok_s: Option<f64>,
+    /// Why the response ended.
+    pub stop_reason: Option<String>,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckRecord {
+    /// Check kind (`max_words`, `tool_calls`, …).
+    pub kind: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// 0–1.
+    pub score: f64,
+    /// What it found.
+    pub detail: Value,
+}
+
+/// One sample of one case, complete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseRecord {
+    /// Suite name.
+    pub suite: String,
+    /// Case id.
+    pub case_id: String,
+    /// Sample number, from 0.
+    pub sample: u32,
+    /// Case category.
+    pub category: Option<String>,
+    /// Whether the case must pass.
+    pub must_pass: bool,
+    /// All checks passed.
+    pub passed: bool,
+    /// Case score, 0–1.
+    pub score: f64,
+    /// Model turns.
+    pub turns: u32,
+    /// Tool calls made.
+    pub tool_calls: u32,
+    /// Wall time of the case.
+    pub wall_ms: f64,
+    /// What went wrong, when the case could not run to its end.
+    pub error: Option<String>,
+    /// Scorer version that scored it.
+    pub scorer_version: String,
+    /// Every request and response.
+    pub transcript: Value,
+    /// Check outcomes.
+    pub checks: Vec<CheckRecord>,
+    /// Request figures.
+    pub requests: Vec<RequestMetrics>,
+}
+
+/// A run as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    /// Run id.
+    pub id: i64,
+    /// running, complete, incomplete, failed.
+    pub status: String,
+    /// Label.
+    pub label: Option<String>,
+    /// Target.
+    pub target: String,
+    /// Model.
+    pub model: String,
+    /// Model sha256.
+    pub model_sha256: Option<String>,
+    /// Engine version.
+    pub engine_version: Option<String>,
+    /// Git sha of showdown.
+    pub git_sha: Option<String>,
+    /// Scorer version.
+    pub scorer_version: String,
+    /// Sampling settings.
+    pub sampling: Value,
+    /// Seed.
+    pub seed: i64,
+    /// Samples per case.
+    pub repeat: i64,
+    /// Host.
+    pub host: Value,
+    /// Host fingerprint.
+    pub host_fingerprint: String,
+    /// Peak engine memory.
+    pub peak_memory_bytes: Option<i64>,
+    /// Branch under test.
+    pub git_branch: Option<String>,
+    /// Commit under test.
+    pub git_commit: Option<String>,
+    /// PR number.
+    pub pr_number: Option<i64>,
+    /// Why the run failed.
+    pub error: Option<String>,
+    /// Start time (RFC 3339).
+    pub started_at: String,
+    /// End time.
+    pub finished_at: Option<String>,
+    /// Suites with versions and hashes.
+    pub suites: Vec<SuiteRow>,
+}
+
+/// A suite of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteRow {
+    /// Suite name.
+    pub suite: String,
+    /// Suite version.
+    pub version: i64,
+    /// Hash of the suite and its fixtures.
+    pub hash: String,
+    /// Cases in the suite.
+    pub cases: i64,
+}
+
+/// A stored case result with its checks and request figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredCase {
+    /// Row id.
+    pub id: i64,
+    /// The record.
+    #[serde(flatten)]
+    pub record: CaseRecord,
+}
+
+/// The results database.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating it if needed) the database at `path`, applies the
+    /// migrations and marks runs whose process is gone incomplete.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .with_context(|| format!("migrating {}", path.display()))?;
+        let store = Self { pool };
+        store.mark_abandoned_runs().await?;
+        Ok(store)
+    }
+
+    /// Marks `running` runs whose process no longer exists `incomplete`.
+    pub async fn mark_abandoned_runs(&self) -> Result<u64> {
+        let rows = sqlx::query("SELECT id, pid FROM runs WHERE status = 'running'")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut marked = 0;
+        for row in rows {
+            let id: i64 = row.get("id");
+            let pid: i64 = row.get("pid");
+            if !process_alive(pid) {
+                self.finish_run(id, "incomplete", None, Some("the run's process ended before it finished"))
+                    .await?;
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
+
+    /// Records a new run as `running`; returns its id.
+    pub async fn create_run(&self, run: &NewRun) -> Result<i64> {
+        let id = sqlx::query(
+            "INSERT INTO runs (status, label, target, model, model_sha256, engine_version, git_sha,
+                 scorer_version, sampling_json, seed, repeat, host_json, host_fingerprint,
+                 git_branch, git_commit, pr_number, pid, started_at)
+             VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&run.label)
+        .bind(&run.target)
+        .bind(&run.model)
+        .bind(&run.model_sha256)
+        .bind(&run.engine_version)
+        .bind(&run.git_sha)
+        .bind(&run.scorer_version)
+        .bind(run.sampling.to_string())
+        .bind(run.seed as i64)
+        .bind(run.repeat as i64)
+        .bind(serde_json::to_string(&run.host)?)
+        .bind(run.host.fingerprint())
+        .bind(&run.git_branch)
+        .bind(&run.git_commit)
+        .bind(run.pr_number.map(|n| n as i64))
+        .bind(std::process::id() as i64)
+        .bind(now())
+        .execute(&self.pool)
+        .await?
+        .last_insert_rowid();
+        Ok(id)
+    }
+
+    /// Records a suite of a run.
+    pub async fn add_suite(
+        &self,
+        run_id: i64,
+        suite: &str,
+        version: u32,
+        hash: &str,
+        cases: usize,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO run_suites (run_id, suite, suite_version, suite_hash, cases) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(run_id)
+        .bind(suite)
+        .bind(version as i64)
+        .bind(hash)
+        .bind(cases as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores one case result, its checks and its requests, atomically.
+    pub async fn record_case(&self, run_id: i64, case: &CaseRecord) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let id = sqlx::query(
+            "INSERT INTO case_results (run_id, suite, case_id, sample, category, must_pass, passed,
+                 score, turns, tool_calls, wall_ms, error, scorer_version, transcript_json, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(run_id)
+        .bind(&case.suite)
+        .bind(&case.case_id)
+        .bind(case.sample as i64)
+        .bind(&case.category)
+        .bind(case.must_pass)
+        .bind(case.passed)
+        .bind(case.score)
+        .bind(case.turns as i64)
+        .bind(case.tool_calls as i64)
+        .bind(case.wall_ms)
+        .bind(&case.error)
+        .bind(&case.scorer_version)
+        .bind(case.transcript.to_string())
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        insert_checks(&mut tx, id, &case.checks).await?;
+        for (position, r) in case.requests.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO requests (case_result_id, position, ttft_ms, e2e_ms, input_tokens,
+                     cache_read_input_tokens, cache_creation_input_tokens, output_tokens,
+                     prefill_tok_s, decode_tok_s, stop_reason)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(position as i64)
+            .bind(r.ttft_ms)
+            .bind(r.e2e_ms)
+            .bind(r.input_tokens as i64)
+            .bind(r.cache_read_input_tokens as i64)
+            .bind(r.cache_creation_input_tokens as i64)
+            .bind(r.output_tokens as i64)
+            .bind(r.prefill_tok_s)
+            .bind(r.decode_tok_s)
+            .bind(&r.stop_reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Replaces a case result's score and checks (re-scoring a stored transcript).
+    pub async fn rescore_case(
+        &self,
+        case_result_id: i64,
+        passed: bool,
+        score: f64,
+        scorer_version: &str,
+        checks: &[CheckRecord],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE case_results SET passed = ?, score = ?, scorer_version = ? WHERE id = ?")
+            .bind(passed)
+            .bind(score)
+            .bind(scorer_version)
+            .bind(case_result_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM check_results WHERE case_result_id = ?")
+            .bind(case_result_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_checks(&mut tx, case_result_id, checks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends a run with `status`.
+    pub async fn finish_run(
+        &self,
+        run_id: i64,
+        status: &str,
+        peak_memory_bytes: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = ?, finished_at = ?, error = COALESCE(?, error),
+                 peak_memory_bytes = COALESCE(?, peak_memory_bytes) WHERE id = ?",
+        )
+        .bind(status)
+        .bind(now())
+        .bind(error)
+        .bind(peak_memory_bytes.map(|b| b as i64))
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT ?")
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut runs = Vec::new();
+        for row in rows {
+            runs.push(self.run_from_row(&row).await?);
+        }
+        Ok(runs)
+    }
+
+    /// One run.
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        let row = sqlx::query("SELECT * FROM runs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.run_from_row(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest run, optionally with `label`, and optionally complete only.
+    pub async fn latest_run(&self, label: Option<&str>) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT id FROM runs WHERE status = 'complete' AND (? IS NULL OR label = ?)
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(label)
+        .bind(label)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get("id")))
+    }
+
+    /// A run id from a selector: a number, `latest` (the newest complete run)
+    /// or `latest:LABEL`.
+    pub async fn resolve_run(&self, selector: &str) -> Result<i64> {
+        if let Ok(id) = selector.parse::<i64>() {
+            return match self.run(id).await? {
+                Some(_) => Ok(id),
+                None => anyhow::bail!("no run {id} in this database"),
+            };
+        }
+        let label = match selector.strip_prefix("latest") {
+            Some("") => None,
+            Some(rest) => Some(rest.strip_prefix(':').with_context(|| {
+                format!("`{selector}`: expected a run id, latest or latest:LABEL")
+            })?),
+            None => anyhow::bail!("`{selector}`: expected a run id, latest or latest:LABEL"),
+        };
+        self.latest_run(label).await?.with_context(|| match label {
+            Some(label) => format!("no complete run labelled `{label}`"),
+            None => "no complete run in this database".to_string(),
+        })
+    }
+
+    /// Every case result of a run, in the order stored, with checks and requests.
+    pub async fn cases(&self, run_id: i64) -> Result<Vec<StoredCase>> {
+        let rows = sqlx::query("SELECT * FROM case_results WHERE run_id = ? ORDER BY id")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut cases = Vec::new();
+        for row in rows {
+            let id: i64 = row.get("id");
+            let checks = sqlx::query(
+                "SELECT * FROM check_results WHERE case_result_id = ? ORDER BY position",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|c| CheckRecord {
+                kind: c.get("kind"),
+                passed: c.get("passed"),
+                score: c.get("score"),
+                detail: parse_json(c.get("detail_json")),
+            })
+            .collect();
+            let requests = sqlx::query(
+                "SELECT * FROM requests WHERE case_result_id = ? ORDER BY position",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| RequestMetrics {
+                ttft_ms: r.get("ttft_ms"),
+                e2e_ms: r.get("e2e_ms"),
+                input_tokens: r.get::<i64, _>("input_tokens") as u64,
+                cache_read_input_tokens: r.get::<i64, _>("cache_read_input_tokens") as u64,
+                cache_creation_input_tokens: r.get::<i64, _>("cache_creation_input_tokens")
+                    as u64,
+                output_tokens: r.get::<i64, _>("output_tokens") as u64,
+                prefill_tok_s: r.get("prefill_tok_s"),
+                decode_tok_s: r.get("decode_tok_s"),
+                stop_reason: r.get("stop_reason"),
+            })
+            .collect();
+            cases.push(StoredCase {
+                id,
+                record: CaseRecord {
+                    suite: row.get("suite"),
+                    case_id: row.get("case_id"),
+                    sample: row.get::<i64, _>("sample") as u32,
+                    category: row.get("category"),
+                    must_pass: row.get("must_pass"),
+                    passed: row.get("passed"),
+                    score: row.get("score"),
+                    turns: row.get::<i64, _>("turns") as u32,
+                    tool_calls: row.get::<i64, _>("tool_calls") as u32,
+                    wall_ms: row.get("wall_ms"),
+                    error: row.get("error"),
+                    scorer_version: row.get("scorer_version"),
+                    transcript: parse_json(row.get("transcript_json")),
+                    checks,
+                    requests,
+                },
+            });
+        }
+        Ok(cases)
+    }
+
+    /// The underlying pool (for read-only queries elsewhere, e.g. the dashboard).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn run_from_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
+        let id: i64 = row.get("id");
+        let suites = sqlx::query("SELECT * FROM run_suites WHERE run_id = ? ORDER BY suite")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|s| SuiteRow {
+                suite: s.get("suite"),
+                version: s.get("suite_version"),
+                hash: s.get("suite_hash"),
+                cases: s.get("cases"),
+            })
+            .collect();
+        Ok(RunRow {
+            id,
+            status: row.get("status"),
+            label: row.get("label"),
+            target: row.get("target"),
+            model: row.get("model"),
+            model_sha256: row.get("model_sha256"),
+            engine_version: row.get("engine_version"),
+            git_sha: row.get("git_sha"),
+            scorer_version: row.get("scorer_version"),
+            sampling: parse_json(row.get("sampling_json")),
+            seed: row.get("seed"),
+            repeat: row.get("repeat"),
+            host: parse_json(row.get("host_json")),
+            host_fingerprint: row.get("host_fingerprint"),
+            peak_memory_bytes: row.get("peak_memory_bytes"),
+            git_branch: row.get("git_branch"),
+            git_commit: row.get("git_commit"),
+            pr_number: row.get("pr_number"),
+            error: row.get("error"),
+            started_at: row.get("started_at"),
+            finished_at: row.get("finished_at"),
+            suites,
+        })
+    }
+}
+
+async fn insert_checks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    case_result_id: i64,
+    checks: &[CheckRecord],
+) -> Result<()> {
+    for (position, check) in checks.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO check_results (case_result_id, position, kind, passed, score, detail_json)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(case_result_id)
+        .bind(position as i64)
+        .bind(&check.kind)
+        .bind(check.passed)
+        .bind(check.score)
+        .bind(check.detail.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn parse_json(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// Now, RFC 3339 in UTC with milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Whether a process with this id exists on this machine.
+fn process_alive(pid: i64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    if pid == std::process::id() as i64 {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists()
+}
