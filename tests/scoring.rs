@@ -92,6 +92,12 @@ fn scoring_word_limits_record_count_and_distance() {
     assert!(exact.passed, "2 words is within a limit of 2");
     assert_eq!(exact.detail["distance"], 0);
 
+    // An empty answer is not "fewer than N words": it ignores the instruction.
+    let empty = score_check(&Check::MaxWords { limit: 50 }, &answer(" \n"), &[]);
+    assert!(!empty.passed);
+    assert_eq!(empty.score, 0.0);
+    assert_eq!(empty.detail["count"], 0);
+
     let short = score_check(
         &Check::MinWords { limit: 10 },
         &answer("only four words here"),

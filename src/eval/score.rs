@@ -97,12 +97,13 @@ pub fn score_check(check: &Check, transcript: &Transcript, tools: &[Value]) -> C
     let text = &transcript.final_text;
     let (passed, score, detail) = match check {
         Check::MaxWords { limit } => {
+            // An empty answer follows no instruction, however short it is.
             let count = count_words(text);
-            let passed = count <= *limit;
-            let score = if passed {
-                1.0
-            } else {
-                *limit as f64 / count as f64
+            let passed = count > 0 && count <= *limit;
+            let score = match count {
+                0 => 0.0,
+                _ if passed => 1.0,
+                _ => *limit as f64 / count as f64,
             };
             (passed, score, word_detail(count, *limit))
         }
@@ -402,7 +403,7 @@ fn path_or_input(at: &str) -> &str {
 
 /// Type and `enum` errors of one argument value against its property schema.
 /// An integer is a number; a numeric string is not an integer.
-fn value_errors(value: &Value, property: &Value, at: &str) -> Vec<String> {
+pub(super) fn value_errors(value: &Value, property: &Value, at: &str) -> Vec<String> {
     let expected = property["type"].as_str().unwrap_or("any");
     let type_ok = match expected {
         "string" => value.is_string(),

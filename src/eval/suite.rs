@@ -15,6 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::sandbox::Sandbox;
+use super::score::value_errors;
 
 /// Categories a case may have: BFCL's for tool calls, plus the text tasks.
 pub const CATEGORIES: &[&str] = &[
@@ -308,13 +309,16 @@ struct CaseFile {
 /// (`evals/x.toml` → `fixtures/`).
 pub fn load_suite(path: impl AsRef<Path>) -> Result<Suite, SuiteError> {
     let path = path.as_ref();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
     };
-    load_suite_with_fixtures(path, dir.join("..").join("fixtures"))
+    // Canonical where possible, so fixture paths read cleanly in records.
+    let repository = match dir.canonicalize() {
+        Ok(dir) => dir.parent().map(Path::to_path_buf).unwrap_or(dir),
+        Err(_) => dir.join(".."),
+    };
+    load_suite_with_fixtures(path, repository.join("fixtures"))
 }
 
 /// Loads every `*.toml` in `dir`, sorted by file name; suite names must be unique.
@@ -427,15 +431,14 @@ pub fn load_suite_with_fixtures(
             };
             tools.push(tool);
         }
-        let mut offered: Vec<String> = tools
-            .iter()
-            .map(|t| t["name"].as_str().unwrap_or_default().to_string())
-            .collect();
-        if fixture_path.is_some() {
-            offered.extend(Sandbox::TOOL_NAMES.iter().map(|n| n.to_string()));
-        }
-        let unique: HashSet<&String> = offered.iter().collect();
-        if unique.len() != offered.len() {
+        let mut offered = if fixture_path.is_some() {
+            Sandbox::tool_definitions()
+        } else {
+            Vec::new()
+        };
+        offered.extend(tools.iter().cloned());
+        let names: HashSet<&str> = offered.iter().filter_map(|t| t["name"].as_str()).collect();
+        if names.len() != offered.len() {
             return Err(fail("two offered tools share a name".into()));
         }
         let tool_choice = raw
@@ -443,6 +446,9 @@ pub fn load_suite_with_fixtures(
             .as_ref()
             .map(|v| serde_json::to_value(v).map_err(|e| fail(e.to_string())))
             .transpose()?;
+        if let Some(choice) = &tool_choice {
+            validate_tool_choice(choice, &names).map_err(&fail)?;
+        }
         if raw.check.is_empty() {
             return Err(fail("the case has no `[[case.check]]`".into()));
         }
@@ -504,8 +510,23 @@ fn parse_check(raw: toml::Value) -> Result<Check, String> {
     })
 }
 
-/// What serde cannot see: empty lists, contradictory bounds, unknown tools.
-fn validate_check(check: &Check, offered_tools: &[String]) -> Result<(), String> {
+/// Anthropic's `tool_choice` shapes, naming only offered tools.
+fn validate_tool_choice(choice: &Value, offered: &HashSet<&str>) -> Result<(), String> {
+    match choice["type"].as_str() {
+        Some("auto" | "any" | "none") => Ok(()),
+        Some("tool") => match choice["name"].as_str() {
+            Some(name) if offered.contains(name) => Ok(()),
+            Some(name) => Err(format!("tool_choice names `{name}`, which is not offered")),
+            None => Err("tool_choice of type \"tool\" needs a `name`".into()),
+        },
+        _ => Err("tool_choice `type` must be auto, any, tool or none".into()),
+    }
+}
+
+/// What serde cannot see: empty lists, contradictory bounds, unknown tools,
+/// expected calls that no valid call could match.
+fn validate_check(check: &Check, offered_tools: &[Value]) -> Result<(), String> {
+    let offered = |name: &str| offered_tools.iter().find(|t| t["name"] == name);
     let kind = check.kind();
     match check {
         Check::Facts { groups } | Check::AnswerContains { groups } => validate_groups(kind, groups),
@@ -528,7 +549,7 @@ fn validate_check(check: &Check, offered_tools: &[String]) -> Result<(), String>
                 return Err(format!("check `{kind}` needs `names` and a positive `min`"));
             }
             for name in names {
-                if !offered_tools.contains(name) {
+                if offered(name).is_none() {
                     return Err(format!("check `{kind}`: tool `{name}` is not offered"));
                 }
             }
@@ -536,20 +557,11 @@ fn validate_check(check: &Check, offered_tools: &[String]) -> Result<(), String>
         }
         Check::ToolCalls { calls } => {
             for call in calls {
-                if !offered_tools.contains(&call.name) {
-                    return Err(format!(
-                        "check `{kind}`: tool `{}` is not offered",
-                        call.name
-                    ));
-                }
-                for (arg, values) in &call.args {
-                    if !values.is_array() {
-                        return Err(format!(
-                            "check `{kind}`: `{}.{arg}` must be a list of acceptable values",
-                            call.name
-                        ));
-                    }
-                }
+                let tool = offered(&call.name).ok_or_else(|| {
+                    format!("check `{kind}`: tool `{}` is not offered", call.name)
+                })?;
+                validate_expected_call(call, &tool["input_schema"])
+                    .map_err(|e| format!("check `{kind}`: `{}`: {e}", call.name))?;
             }
             Ok(())
         }
@@ -558,6 +570,37 @@ fn validate_check(check: &Check, offered_tools: &[String]) -> Result<(), String>
         | Check::NoToolCalls {}
         | Check::ValidToolCalls {} => Ok(()),
     }
+}
+
+/// An expected call must be satisfiable: its arguments exist in the schema,
+/// every required one is listed (else a valid call would be "unexpected"), and
+/// each acceptable value is valid for its argument.
+fn validate_expected_call(call: &ExpectedCall, schema: &Value) -> Result<(), String> {
+    for (arg, values) in &call.args {
+        let property = &schema["properties"][arg];
+        if property.is_null() {
+            return Err(format!("argument `{arg}` is not in the tool's schema"));
+        }
+        let values = values
+            .as_array()
+            .ok_or_else(|| format!("`{arg}` must be a list of acceptable values"))?;
+        for value in values.iter().filter(|v| *v != "") {
+            let errors = value_errors(value, property, arg);
+            if let Some(error) = errors.first() {
+                return Err(format!("acceptable value {error}"));
+            }
+        }
+    }
+    for required in schema["required"].as_array().into_iter().flatten() {
+        let required = required.as_str().unwrap_or_default();
+        let listed = call.args.get(required).and_then(Value::as_array);
+        if listed.is_none_or(|values| values.iter().any(|v| v == "")) {
+            return Err(format!(
+                "required argument `{required}` needs acceptable values (and cannot be optional)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_groups(kind: &str, groups: &[Vec<String>]) -> Result<(), String> {
