@@ -1,13 +1,14 @@
 //! Scorers against hand-worked expectations (IFEval counts, BFCL matching), and
-//! the shipped suites: they load, and they have the cases the issue asks for.
+//! the shipped suites: they load, they have the cases the issue asks for, and
+//! their reference answers pass their own checks.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use serde_json::{json, Value};
 use showdown::{
-    count_bullets, count_sentences, count_words, load_suites, normalize_string, score_check, Check,
-    CountBound, ExpectedCall, ToolCall, Transcript, CATEGORIES,
+    count_bullets, count_sentences, count_words, load_suites, normalize_string, score_case,
+    score_check, Check, CountBound, ExpectedCall, ToolCall, Transcript, CATEGORIES,
 };
 
 fn answer(text: &str) -> Transcript {
@@ -486,4 +487,50 @@ fn scoring_shipped_suites_load_with_the_required_cases() {
             );
         }
     }
+}
+
+#[test]
+fn scoring_shipped_reference_answers_pass_their_checks() {
+    let evals = Path::new(env!("CARGO_MANIFEST_DIR")).join("evals");
+    let mut scored = 0;
+    for suite in load_suites(&evals).expect("shipped suites load") {
+        for case in &suite.cases {
+            let text_task = matches!(
+                case.category.as_str(),
+                "summary" | "word_limit" | "multi_turn"
+            );
+            let Some(reference) = &case.reference else {
+                assert!(
+                    !text_task,
+                    "{}/{} needs a reference answer",
+                    suite.name, case.id
+                );
+                continue;
+            };
+            // An agent that read the file the answer is in.
+            let tool_calls = case
+                .fixture
+                .iter()
+                .map(|_| ToolCall {
+                    name: "Read".into(),
+                    input: json!({"file_path": "/repo/README.md"}),
+                    turn: 1,
+                })
+                .collect();
+            let transcript = Transcript {
+                final_text: reference.clone(),
+                tool_calls,
+                turns: 2,
+            };
+            for result in score_case(case, &transcript) {
+                assert!(
+                    result.passed,
+                    "{}/{}: the reference fails `{}`: {}",
+                    suite.name, case.id, result.kind, result.detail
+                );
+            }
+            scored += 1;
+        }
+    }
+    assert!(scored >= 8 + 12 + 5, "{scored} references scored");
 }

@@ -119,6 +119,9 @@ pub struct Case {
     /// A system prompt replacing the default one (the agent prompt when a
     /// fixture is set, none otherwise).
     pub system: Option<String>,
+    /// A hand-written answer that passes every text check: never sent to the
+    /// model, it keeps the checks honest (tests score it).
+    pub reference: Option<String>,
     /// The fixture repository, relative to the fixtures root (`repos/csvtool`).
     /// When set, the sandbox tools are offered and executed over it.
     pub fixture: Option<String>,
@@ -290,6 +293,7 @@ struct CaseFile {
     category: String,
     prompt: String,
     system: Option<String>,
+    reference: Option<String>,
     fixture: Option<String>,
     #[serde(default)]
     must_pass: bool,
@@ -468,6 +472,7 @@ pub fn load_suite_with_fixtures(
             category: raw.category,
             prompt: raw.prompt,
             system: raw.system,
+            reference: raw.reference,
             fixture: raw.fixture,
             fixture_path,
             must_pass: raw.must_pass,
