@@ -123,6 +123,7 @@ impl Sandbox {
                         "-A": {"type": "integer", "description": "Lines of context after each match (content mode)"},
                         "-B": {"type": "integer", "description": "Lines of context before each match (content mode)"},
                         "-C": {"type": "integer", "description": "Lines of context around each match (content mode)"},
+                        "type": {"type": "string", "description": "Only search files of this type, e.g. \"py\", \"rust\", \"go\", \"md\""},
                         "head_limit": {"type": "integer", "description": "Show only the first N lines or files"}
                     },
                     "required": ["pattern"]
@@ -254,6 +255,7 @@ impl Sandbox {
                 "-A",
                 "-B",
                 "-C",
+                "type",
                 "head_limit",
             ],
         )?;
@@ -275,6 +277,7 @@ impl Sandbox {
         let before = count_arg(args, "-B")?.unwrap_or(around);
         let head_limit = count_arg(args, "head_limit")?;
         let filter = string_arg(args, "glob")?.map(glob_matcher).transpose()?;
+        let extensions = string_arg(args, "type")?.map(file_type_extensions);
 
         let target = match string_arg(args, "path")? {
             None => self.root.clone(),
@@ -297,6 +300,15 @@ impl Sandbox {
                     Path::new(file.file_name().unwrap_or_default())
                 };
                 if !filter.is_match(subject) {
+                    continue;
+                }
+            }
+            if let Some(extensions) = &extensions {
+                let extension = file
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or_default();
+                if !extensions.iter().any(|e| e == extension) {
                     continue;
                 }
             }
@@ -521,6 +533,27 @@ fn cut_line(line: &str) -> &str {
         Some((at, _)) => &line[..at],
         None => line,
     }
+}
+
+/// File extensions for Grep's `type`, ripgrep's names for the common types;
+/// any other name is taken as an extension.
+fn file_type_extensions(name: &str) -> Vec<String> {
+    let known: &[&str] = match name {
+        "rust" | "rs" => &["rs"],
+        "py" | "python" => &["py", "pyi"],
+        "js" => &["js", "mjs", "cjs", "jsx"],
+        "ts" => &["ts", "tsx", "mts", "cts"],
+        "go" => &["go"],
+        "md" | "markdown" => &["md", "markdown"],
+        "toml" => &["toml"],
+        "yaml" | "yml" => &["yaml", "yml"],
+        "json" => &["json"],
+        "html" => &["html", "htm"],
+        "css" => &["css"],
+        "csv" => &["csv"],
+        other => return vec![other.trim_start_matches('.').to_string()],
+    };
+    known.iter().map(|e| e.to_string()).collect()
 }
 
 fn is_hidden_vcs(name: &std::ffi::OsStr) -> bool {
