@@ -12,12 +12,18 @@
 //!   [`GenerationReport`] holds the figures `showdown generate` prints.
 //! - Serving: [`serve`] answers the Anthropic Messages API ([`ServeConfig`],
 //!   [`AppState`], [`server_app`] for tests) with prompt caching.
+//! - Evals: [`load_suites`] reads and validates `evals/*.toml` into [`Suite`]s
+//!   of [`Case`]s; [`Sandbox`] runs the agent's `Read`/`Glob`/`Grep`/`LS` calls
+//!   inside a fixture ([`agent_system_prompt`] is the agent's system prompt);
+//!   [`score_case`] scores a [`Transcript`] into [`CheckResult`]s
+//!   ([`CaseScore`] combines them, [`SCORER_VERSION`] dates the scorers).
 //! - Benchmark: [`run_bench_test`] measures pp512 / pp2048 / tg128 in
 //!   llama-bench's terms.
 
 mod api;
 mod bench;
 mod cache_bench;
+mod eval;
 mod inference;
 mod models;
 mod runner;
@@ -32,6 +38,13 @@ pub use bench::{
     BenchTest,
 };
 pub use cache_bench::{run_cache_bench, CacheBenchTurn};
+pub use eval::{
+    agent_system_prompt, call_differences, call_schema_errors, count_bullets, count_sentences,
+    count_words, load_suite, load_suite_with_fixtures, load_suites, normalize_string, score_case,
+    score_check, split_into_sentences, values_match, Case, CaseDefaults, CaseScore, Check,
+    CheckResult, CountBound, ExpectedCall, Sandbox, Suite, SuiteError, ToolCall, ToolOutput,
+    Transcript, CATEGORIES, OUTPUT_LIMIT_BYTES, SCORER_VERSION, VIRTUAL_ROOT,
+};
 pub use inference::{load_engine, mib, GenerationReport};
 pub use runner::{
     default_suites_dir, load_named_suites, render_table, rescore_case, run as run_eval, run_agent,
