@@ -17,9 +17,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-pub use agent::{run_agent, AgentOutcome, AgentTask, MadeCall, ToolExecutor};
-pub use client::{ApiFailure, MessagesClient, Response};
-pub use summary::{percentile, render_table, summarize, SuiteSummary};
+pub use agent::{run_agent, AgentOutcome, AgentTask, ToolExecutor};
+pub use client::MessagesClient;
+pub use summary::{render_table, summarize, SuiteSummary};
 pub use target::Target;
 
 use crate::eval::{
