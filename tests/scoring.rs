@@ -563,3 +563,33 @@ fn scoring_case_score_is_the_mean_and_a_pass_needs_every_check() {
     // No checks, no pass.
     assert!(!CaseScore::from_checks(Vec::new()).passed);
 }
+
+#[test]
+fn scoring_fixture_repos_stay_small() {
+    // SmolLM2 has an 8192-token context: a few files of a fixture must fit.
+    let repos = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/repos");
+    let mut count = 0;
+    for repo in std::fs::read_dir(&repos).expect("fixtures/repos") {
+        let repo = repo.unwrap().path();
+        let mut bytes = 0;
+        let mut stack = vec![repo.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    bytes += entry.metadata().unwrap().len();
+                }
+            }
+        }
+        assert!(bytes < 20 * 1024, "{} holds {bytes} bytes", repo.display());
+        assert!(
+            repo.join("README.md").is_file(),
+            "{} has a README",
+            repo.display()
+        );
+        count += 1;
+    }
+    assert!(count >= 5, "{count} fixture repositories");
+}
