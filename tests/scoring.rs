@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use showdown::{
     count_bullets, count_sentences, count_words, load_suites, normalize_string, score_case,
-    score_check, Check, CountBound, ExpectedCall, ToolCall, Transcript, CATEGORIES,
+    score_check, CaseScore, Check, CountBound, ExpectedCall, ToolCall, Transcript, CATEGORIES,
 };
 
 fn answer(text: &str) -> Transcript {
@@ -533,4 +533,63 @@ fn scoring_shipped_reference_answers_pass_their_checks() {
         }
     }
     assert!(scored >= 8 + 12 + 5, "{scored} references scored");
+}
+
+#[test]
+fn scoring_case_score_is_the_mean_and_a_pass_needs_every_check() {
+    let evals = Path::new(env!("CARGO_MANIFEST_DIR")).join("evals");
+    let suites = load_suites(&evals).expect("shipped suites load");
+    let case = suites
+        .iter()
+        .flat_map(|s| &s.cases)
+        .find(|c| c.id == "five-bullets-dns-under-100")
+        .expect("shipped case");
+    // Five bullets but 104 words: one check passes, one fails.
+    let long_bullet = "word ".repeat(20);
+    let text = format!("* {long_bullet}\n").repeat(5) + "four more words here";
+    let score = CaseScore::from_checks(score_case(case, &answer(&text)));
+    assert!(!score.passed);
+    assert_eq!(score.checks.len(), 2);
+    assert!(score.checks[0].passed && !score.checks[1].passed);
+    assert_eq!(score.checks[1].detail["count"], 104);
+    let expected = (1.0 + 99.0 / 104.0) / 2.0;
+    assert!((score.score - expected).abs() < 1e-9, "{}", score.score);
+
+    let bullets = format!("* {}\n", "word ".repeat(3)).repeat(5);
+    let score = CaseScore::from_checks(score_case(case, &answer(&bullets)));
+    assert!(score.passed);
+    assert_eq!(score.score, 1.0);
+
+    // No checks, no pass.
+    assert!(!CaseScore::from_checks(Vec::new()).passed);
+}
+
+#[test]
+fn scoring_fixture_repos_stay_small() {
+    // SmolLM2 has an 8192-token context: a few files of a fixture must fit.
+    let repos = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/repos");
+    let mut count = 0;
+    for repo in std::fs::read_dir(&repos).expect("fixtures/repos") {
+        let repo = repo.unwrap().path();
+        let mut bytes = 0;
+        let mut stack = vec![repo.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    bytes += entry.metadata().unwrap().len();
+                }
+            }
+        }
+        assert!(bytes < 20 * 1024, "{} holds {bytes} bytes", repo.display());
+        assert!(
+            repo.join("README.md").is_file(),
+            "{} has a README",
+            repo.display()
+        );
+        count += 1;
+    }
+    assert!(count >= 5, "{count} fixture repositories");
 }
