@@ -14,7 +14,7 @@ use showdown_engine::{CancelToken, GenerateParams, Generation, SamplingParams, S
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::api::{ContentBlock, MessageResponse, MessagesRequest, Role, ToolChoiceParam, Usage};
+use super::wire::{ContentBlock, MessageResponse, MessagesRequest, Role, ToolChoiceParam, Usage};
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::output::{BlockAssembler, BlockEvent, PlainText};
@@ -361,12 +361,12 @@ fn validate_tools(request: &MessagesRequest) -> Result<(), ApiError> {
         }
     }
     match &request.tool_choice {
-        Some(ToolChoiceParam::Tool { name, .. }) => {
-            if !request.tools.iter().any(|t| &t.name == name) {
-                return Err(ApiError::invalid(format!(
-                    "tool_choice: tool `{name}` is not among the tools"
-                )));
-            }
+        Some(ToolChoiceParam::Tool { name, .. })
+            if !request.tools.iter().any(|t| &t.name == name) =>
+        {
+            return Err(ApiError::invalid(format!(
+                "tool_choice: tool `{name}` is not among the tools"
+            )));
         }
         Some(ToolChoiceParam::Any { .. }) if request.tools.is_empty() => {
             return Err(ApiError::invalid(

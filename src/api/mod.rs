@@ -7,7 +7,7 @@
 //! size and renders errors in Anthropic's envelope. Each served model has one
 //! engine worker thread ([`worker`]) with its own prompt cache.
 
-mod api;
+mod wire;
 mod error;
 mod extract;
 mod ids;

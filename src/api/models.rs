@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::ModelObject;
+use super::wire::ModelObject;
 use super::error::ApiError;
 use super::AppState;
 

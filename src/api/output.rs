@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::api::ContentBlock;
+use super::wire::ContentBlock;
 
 /// What a parser finds in the model's output.
 #[derive(Debug, Clone, PartialEq)]

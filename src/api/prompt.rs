@@ -13,7 +13,7 @@
 use serde_json::{json, Value};
 use showdown_engine::Engine;
 
-use super::api::{
+use super::wire::{
     CacheControl, CacheTtl, ContentBlockParam, InputMessage, MessageContent, MessagesRequest, Role,
     SystemPrompt, ToolResultContent,
 };
@@ -470,7 +470,7 @@ mod tests {
         let mut marks = Marks::default();
         let mut text = "hello  \n".to_string();
         let cc = CacheControl {
-            _kind: super::super::api::CacheKind::Ephemeral,
+            _kind: super::super::wire::CacheKind::Ephemeral,
             ttl: Some(CacheTtl::OneHour),
         };
         marks.mark(&mut text, &cc);

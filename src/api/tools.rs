@@ -5,7 +5,7 @@
 use serde_json::Value;
 use showdown_engine::{Engine, TokenConstraint};
 
-use super::api::{MessagesRequest, ToolChoiceParam};
+use super::wire::{MessagesRequest, ToolChoiceParam};
 use super::error::ApiError;
 use super::output::{OutputEvent, OutputParser};
 use super::prompt::ToolPromptFormat;
