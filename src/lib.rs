@@ -16,6 +16,7 @@
 mod bench;
 mod inference;
 mod models;
+mod tools;
 
 pub use bench::{
     describe as describe_bench_model, run_test as run_bench_test, BenchModel, BenchResult,
@@ -26,4 +27,8 @@ pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
     ModelStore, OllamaName, Origin, PipPart, PullOutcome, ResolvedModel, Source, HOME_ENV,
     MODELS_FILE_ENV, OLLAMA_MODELS_ENV, PYTHON_ENV,
+};
+pub use tools::{
+    ParsedEvent, ToolCall, ToolCallConstraint, ToolCallFormat, ToolCallParser, ToolChoice,
+    ToolDefinition, ToolError, ToolGrammarEnv,
 };
