@@ -28,6 +28,7 @@ mod inference;
 mod models;
 mod runner;
 mod store;
+mod tools;
 
 pub use api::{
     app as server_app, serve, serve_on, ApiError, AppState, OutputEvent, OutputParser,
@@ -42,10 +43,15 @@ pub use eval::{
     agent_system_prompt, call_differences, call_schema_errors, count_bullets, count_sentences,
     count_words, load_suite, load_suite_with_fixtures, load_suites, normalize_string, score_case,
     score_check, split_into_sentences, values_match, Case, CaseDefaults, CaseScore, Check,
-    CheckResult, CountBound, ExpectedCall, Sandbox, Suite, SuiteError, ToolCall, ToolOutput,
-    Transcript, CATEGORIES, OUTPUT_LIMIT_BYTES, SCORER_VERSION, VIRTUAL_ROOT,
+    CheckResult, CountBound, ExpectedCall, Sandbox, Suite, SuiteError, ToolCall as TranscriptCall,
+    ToolOutput, Transcript, CATEGORIES, OUTPUT_LIMIT_BYTES, SCORER_VERSION, VIRTUAL_ROOT,
 };
 pub use inference::{load_engine, mib, GenerationReport};
+pub use models::{
+    resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
+    ModelStore, OllamaName, Origin, PipPart, PullOutcome, ResolvedModel, Source, HOME_ENV,
+    MODELS_FILE_ENV, OLLAMA_MODELS_ENV, PYTHON_ENV,
+};
 pub use runner::{
     default_suites_dir, load_named_suites, render_table, rescore_case, run as run_eval, run_agent,
     summarize, AgentOutcome, AgentTask, GitMeta, MessagesClient, RunOptions, RunReport,
@@ -55,8 +61,7 @@ pub use store::{
     now as store_now, CaseRecord, CheckRecord, HostInfo, NewRun, RequestMetrics, RunRow, Store,
     StoredCase, SuiteRow,
 };
-pub use models::{
-    resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
-    ModelStore, OllamaName, Origin, PipPart, PullOutcome, ResolvedModel, Source, HOME_ENV,
-    MODELS_FILE_ENV, OLLAMA_MODELS_ENV, PYTHON_ENV,
+pub use tools::{
+    ParsedEvent, ToolCall, ToolCallConstraint, ToolCallFormat, ToolCallParser, ToolChoice,
+    ToolDefinition, ToolError, ToolGrammarEnv,
 };

@@ -5,4 +5,5 @@ mod run;
 mod scoring;
 mod server;
 mod tokenizer;
+mod tools;
 mod util;

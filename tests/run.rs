@@ -47,7 +47,18 @@ fn run_records_everything_in_sqlite() {
     let word_case = format!("word-limit/{}", first_case("word-limit"));
     let out = showdown(
         dir.path(),
-        &["run", "--suite", "word-limit", "--case", &word_case, "--db", db, "--label", "test", "--json"],
+        &[
+            "run",
+            "--suite",
+            "word-limit",
+            "--case",
+            &word_case,
+            "--db",
+            db,
+            "--label",
+            "test",
+            "--json",
+        ],
     );
     let report = json(&out);
     assert_eq!(report["status"], "complete");
@@ -55,7 +66,10 @@ fn run_records_everything_in_sqlite() {
     assert_eq!(report["summaries"][0]["suite"], "word-limit");
     assert_eq!(report["summaries"][0]["samples"], 1);
 
-    let shown = json(&showdown(dir.path(), &["runs", "show", "latest:test", "--db", db, "--json"]));
+    let shown = json(&showdown(
+        dir.path(),
+        &["runs", "show", "latest:test", "--db", db, "--json"],
+    ));
     let run = &shown["run"];
     assert_eq!(run["id"], run_id);
     assert_eq!(run["status"], "complete");
@@ -71,7 +85,11 @@ fn run_records_everything_in_sqlite() {
     let request = &case["requests"][0];
     assert!(request["ttft_ms"].as_f64().unwrap() > 0.0);
     assert!(request["e2e_ms"].as_f64().unwrap() >= request["ttft_ms"].as_f64().unwrap());
-    assert!(request["input_tokens"].as_u64().unwrap() + request["cache_read_input_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        request["input_tokens"].as_u64().unwrap()
+            + request["cache_read_input_tokens"].as_u64().unwrap()
+            > 0
+    );
     assert!(request["output_tokens"].as_u64().unwrap() > 0);
     let transcript = &case["transcript"];
     assert!(transcript["conversation"]["exchanges"][0]["response"]["content"].is_array());
@@ -81,11 +99,17 @@ fn run_records_everything_in_sqlite() {
     );
 
     // Re-scoring keeps the verdict of an unchanged scorer.
-    let rescored = ok(&showdown(dir.path(), &["rescore", &run_id.to_string(), "--db", db]));
+    let rescored = ok(&showdown(
+        dir.path(),
+        &["rescore", &run_id.to_string(), "--db", db],
+    ));
     assert!(rescored.contains("0 verdicts changed"), "{rescored}");
 
     // Greedy sampling: the same pins give the same transcript.
-    let rerun = ok(&showdown(dir.path(), &["rerun", &run_id.to_string(), "--db", db]));
+    let rerun = ok(&showdown(
+        dir.path(),
+        &["rerun", &run_id.to_string(), "--db", db],
+    ));
     assert!(rerun.contains("transcripts identical"), "{rerun}");
 }
 
@@ -97,17 +121,44 @@ fn agent_case_uses_the_sandbox() {
     let case = format!("summarize/{}", first_case("summarize"));
     let report = json(&showdown(
         dir.path(),
-        &["run", "--suite", "summarize", "--case", &case, "--db", db, "--json"],
+        &[
+            "run",
+            "--suite",
+            "summarize",
+            "--case",
+            &case,
+            "--db",
+            db,
+            "--json",
+        ],
     ));
     assert_eq!(report["status"], "complete");
-    let shown = json(&showdown(dir.path(), &["runs", "show", "latest", "--db", db, "--json"]));
+    let shown = json(&showdown(
+        dir.path(),
+        &["runs", "show", "latest", "--db", db, "--json"],
+    ));
     let case = &shown["cases"][0];
-    let kinds: Vec<&str> = case["checks"].as_array().unwrap().iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = case["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
     assert!(kinds.contains(&"max_words"), "{kinds:?}");
-    let max_words = case["checks"].as_array().unwrap().iter().find(|c| c["kind"] == "max_words").unwrap();
-    assert!(max_words["detail"].is_object(), "the word count is recorded: {max_words}");
+    let max_words = case["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "max_words")
+        .unwrap();
+    assert!(
+        max_words["detail"].is_object(),
+        "the word count is recorded: {max_words}"
+    );
     // The agent prompt offers the sandbox tools.
-    let tools = case["transcript"]["conversation"]["tools"].as_array().unwrap();
+    let tools = case["transcript"]["conversation"]["tools"]
+        .as_array()
+        .unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
     for tool in ["Read", "Glob", "Grep", "LS"] {
         assert!(names.contains(&tool), "{names:?}");
@@ -160,9 +211,22 @@ fn killed_run_is_marked_incomplete() {
     assert!(stored >= 1, "no case was stored");
     child.kill().unwrap();
     child.wait().unwrap();
-    let runs = json(&showdown(dir.path(), &["runs", "list", "--db", &db_arg, "--json"]));
+    let runs = json(&showdown(
+        dir.path(),
+        &["runs", "list", "--db", &db_arg, "--json"],
+    ));
     assert_eq!(runs[0]["status"], "incomplete", "{runs}");
-    let shown = json(&showdown(dir.path(), &["runs", "show", &runs[0]["id"].to_string(), "--db", &db_arg, "--json"]));
+    let shown = json(&showdown(
+        dir.path(),
+        &[
+            "runs",
+            "show",
+            &runs[0]["id"].to_string(),
+            "--db",
+            &db_arg,
+            "--json",
+        ],
+    ));
     assert!(shown["cases"].as_array().unwrap().len() >= stored);
     // `latest` never picks an incomplete run.
     let latest = showdown(dir.path(), &["runs", "show", "latest", "--db", &db_arg]);

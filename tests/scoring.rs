@@ -8,7 +8,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 use showdown::{
     count_bullets, count_sentences, count_words, load_suites, normalize_string, score_case,
-    score_check, CaseScore, Check, CountBound, ExpectedCall, ToolCall, Transcript, CATEGORIES,
+    score_check, CaseScore, Check, CountBound, ExpectedCall, Transcript,
+    TranscriptCall as ToolCall, CATEGORIES,
 };
 
 fn answer(text: &str) -> Transcript {

@@ -14,11 +14,12 @@ use showdown_engine::{CancelToken, GenerateParams, Generation, SamplingParams, S
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::wire::{ContentBlock, MessageResponse, MessagesRequest, Role, ToolChoiceParam, Usage};
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::output::{BlockAssembler, BlockEvent, PlainText};
+use super::output::{BlockAssembler, BlockEvent, OutputParser, PlainText};
 use super::prompt::{build_prompt, Breakpoint, Prompt};
+use super::tool_use::{constraint_for, FormatAdapter, ParserAdapter};
+use super::wire::{ContentBlock, MessageResponse, MessagesRequest, Role, ToolChoiceParam, Usage};
 use super::worker::{Job, WorkerEvent};
 use super::{ids, AppState, ServedModel};
 
@@ -58,6 +59,20 @@ async fn create_message(
     let requested_model = request.model.clone();
     let stream = request.stream;
     let stop_sequences = request.stop_sequences.clone();
+    let (constraint, parser): (_, Box<dyn OutputParser>) = match model.tool_format {
+        Some(format) if !request.tools.is_empty() => {
+            let env = model.grammar_env()?;
+            let model = model.clone();
+            let request = request.clone();
+            let constraint = tokio::task::spawn_blocking(move || {
+                constraint_for(&model.engine, &env, format, &request)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("building the tool grammar: {e}")))??;
+            (constraint, Box::new(ParserAdapter(Some(format.parser()))))
+        }
+        _ => (None, Box::new(PlainText)),
+    };
     let prompt = render(&model, request).await?;
 
     let context = model.engine.context_length();
@@ -80,7 +95,7 @@ async fn create_message(
             sampling,
             stop_sequences,
         },
-        constraint: None,
+        constraint,
         cancel: cancel.clone(),
         events,
     })?;
@@ -98,7 +113,7 @@ async fn create_message(
         served: model.clone(),
         usage: usage(&prompt, cached_tokens, 0),
         cached_tokens,
-        assembler: BlockAssembler::new(Box::new(PlainText)),
+        assembler: BlockAssembler::new(parser),
         started,
     };
     if stream {
@@ -381,7 +396,16 @@ fn validate_tools(request: &MessagesRequest) -> Result<(), ApiError> {
 /// Renders and tokenizes off the async runtime.
 async fn render(model: &Arc<ServedModel>, request: MessagesRequest) -> Result<Prompt, ApiError> {
     let model = model.clone();
-    tokio::task::spawn_blocking(move || build_prompt(&model.engine, &request, None))
-        .await
-        .map_err(|e| ApiError::internal(format!("rendering the prompt: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        let format = model.tool_format.map(FormatAdapter);
+        build_prompt(
+            &model.engine,
+            &request,
+            format
+                .as_ref()
+                .map(|f| f as &dyn super::prompt::ToolPromptFormat),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("rendering the prompt: {e}")))?
 }

@@ -7,7 +7,6 @@
 //! size and renders errors in Anthropic's envelope. Each served model has one
 //! engine worker thread ([`worker`]) with its own prompt cache.
 
-mod wire;
 mod error;
 mod extract;
 mod ids;
@@ -16,6 +15,8 @@ mod models;
 mod output;
 mod prompt;
 mod prompt_cache;
+mod tool_use;
+mod wire;
 mod worker;
 
 use std::net::SocketAddr;
@@ -84,9 +85,26 @@ pub struct ServedModel {
     pub sha256: String,
     /// The loaded engine (shared with its worker thread).
     pub engine: Arc<Engine>,
-    /// How the model writes tool calls (`hermes`, `gemma`), if known.
-    pub tool_call_format: Option<String>,
+    /// How the model writes tool calls, if it can call tools.
+    pub tool_format: Option<crate::tools::ToolCallFormat>,
+    /// The tokenizer environment tool-call grammars are built over (built on
+    /// the first request with tools: it indexes the whole vocabulary).
+    grammar_env: std::sync::OnceLock<Result<Arc<crate::tools::ToolGrammarEnv>, String>>,
     worker: WorkerHandle,
+}
+
+impl ServedModel {
+    /// The grammar environment, built once.
+    fn grammar_env(&self) -> Result<Arc<crate::tools::ToolGrammarEnv>, ApiError> {
+        self.grammar_env
+            .get_or_init(|| {
+                crate::tools::ToolGrammarEnv::new(self.engine.tokenizer())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| ApiError::internal(format!("tool-call grammar: {e}")))
+    }
 }
 
 /// State shared by the handlers.
@@ -113,7 +131,13 @@ impl AppState {
                 name: resolved.name.clone(),
                 sha256: resolved.sha256.clone(),
                 engine,
-                tool_call_format: resolved.tool_call_format.clone(),
+                tool_format: resolved
+                    .tool_call_format
+                    .as_deref()
+                    .map(crate::tools::ToolCallFormat::from_name)
+                    .transpose()
+                    .with_context(|| format!("model {}", resolved.name))?,
+                grammar_env: std::sync::OnceLock::new(),
                 worker,
             }));
         }

@@ -8,8 +8,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::wire::ModelObject;
 use super::error::ApiError;
+use super::wire::ModelObject;
 use super::AppState;
 
 /// The models routes.

@@ -13,11 +13,11 @@
 use serde_json::{json, Value};
 use showdown_engine::Engine;
 
+use super::error::ApiError;
 use super::wire::{
     CacheControl, CacheTtl, ContentBlockParam, InputMessage, MessageContent, MessagesRequest, Role,
     SystemPrompt, ToolResultContent,
 };
-use super::error::ApiError;
 
 /// Anthropic's limit on `cache_control` blocks per request.
 pub const MAX_BREAKPOINTS: usize = 4;

@@ -2,7 +2,9 @@
 //! table per suite; the run is in the database whatever happens.
 
 use anyhow::{Context, Result};
-use showdown::{default_suites_dir, render_table, run_eval, GitMeta, ModelStore, RunOptions, DEFAULT_SUITES};
+use showdown::{
+    default_suites_dir, render_table, run_eval, GitMeta, ModelStore, RunOptions, DEFAULT_SUITES,
+};
 
 use crate::cli::RunArgs;
 
@@ -25,9 +27,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     let api_key = match &args.api_key_env {
-        Some(var) => Some(
-            std::env::var(var).with_context(|| format!("--api-key-env {var}: not set"))?,
-        ),
+        Some(var) => {
+            Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: not set"))?)
+        }
         None => None,
     };
     let suites = if args.suites.is_empty() {
@@ -69,7 +71,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             report.wall_s,
             args.db.display()
         );
-        print!("{}", render_table(&report.summaries, report.peak_memory_bytes));
+        print!(
+            "{}",
+            render_table(&report.summaries, report.peak_memory_bytes)
+        );
     }
     if report.status != "complete" {
         anyhow::bail!("run {} is {}", report.run_id, report.status);

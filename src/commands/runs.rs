@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use showdown::{
-    default_suites_dir, load_named_suites, render_table, rescore_case, run_eval, summarize, GitMeta,
-    RunOptions, Store,
+    default_suites_dir, load_named_suites, render_table, rescore_case, run_eval, summarize,
+    GitMeta, RunOptions, Store,
 };
 
 use crate::cli::{RerunArgs, RescoreArgs, RunsCommand};
@@ -68,12 +68,22 @@ pub fn run(command: RunsCommand) -> Result<()> {
                     row.git_sha.as_deref().unwrap_or("?")
                 );
                 println!("  host     {} [{}]", row.host, row.host_fingerprint);
-                println!("  started  {}  finished {}", row.started_at, row.finished_at.as_deref().unwrap_or("-"));
+                println!(
+                    "  started  {}  finished {}",
+                    row.started_at,
+                    row.finished_at.as_deref().unwrap_or("-")
+                );
                 if let Some(err) = &row.error {
                     println!("  error    {err}");
                 }
                 for s in &row.suites {
-                    println!("  suite    {} v{} ({} cases, hash {})", s.suite, s.version, s.cases, &s.hash[..12.min(s.hash.len())]);
+                    println!(
+                        "  suite    {} v{} ({} cases, hash {})",
+                        s.suite,
+                        s.version,
+                        s.cases,
+                        &s.hash[..12.min(s.hash.len())]
+                    );
                 }
                 println!();
                 print!(
@@ -92,7 +102,10 @@ pub fn run(command: RunsCommand) -> Result<()> {
                         c.score,
                         c.turns,
                         c.tool_calls,
-                        c.error.as_ref().map(|e| format!(" — {e}")).unwrap_or_default()
+                        c.error
+                            .as_ref()
+                            .map(|e| format!(" — {e}"))
+                            .unwrap_or_default()
                     );
                     for check in &c.checks {
                         println!(
@@ -161,7 +174,10 @@ pub fn rerun(args: RerunArgs) -> Result<()> {
         let row = store.run(id).await?.context("run vanished")?;
         let suites_dir = default_suites_dir();
         let names: Vec<String> = row.suites.iter().map(|s| s.suite.clone()).collect();
-        for (suite, stored) in load_named_suites(&names, &suites_dir)?.iter().zip(&row.suites) {
+        for (suite, stored) in load_named_suites(&names, &suites_dir)?
+            .iter()
+            .zip(&row.suites)
+        {
             if suite.hash != stored.hash {
                 println!(
                     "note: suite {} changed since run {id} (hash {} then, {} now)",
@@ -199,7 +215,9 @@ pub fn rerun(args: RerunArgs) -> Result<()> {
         for new in &again {
             let n = &new.record;
             let Some(old) = original.iter().find(|o| {
-                o.record.suite == n.suite && o.record.case_id == n.case_id && o.record.sample == n.sample
+                o.record.suite == n.suite
+                    && o.record.case_id == n.case_id
+                    && o.record.sample == n.sample
             }) else {
                 continue;
             };

@@ -114,7 +114,9 @@ pub async fn run_agent(
             Ok(response) => response,
             Err(err) => {
                 let detail = match err.downcast_ref::<ApiFailure>() {
-                    Some(failure) => json!({"status": failure.status, "type": failure.kind, "message": failure.message}),
+                    Some(failure) => {
+                        json!({"status": failure.status, "type": failure.kind, "message": failure.message})
+                    }
                     None => json!({"message": format!("{err:#}")}),
                 };
                 exchanges.push(json!({"turn": outcome.turns, "error": detail}));

@@ -131,7 +131,10 @@ impl MessagesClient {
             if event.event == "error" {
                 return Err(ApiFailure {
                     status: 200,
-                    kind: data["error"]["type"].as_str().unwrap_or("error").to_string(),
+                    kind: data["error"]["type"]
+                        .as_str()
+                        .unwrap_or("error")
+                        .to_string(),
                     message: data["error"]["message"].as_str().unwrap_or("").to_string(),
                 }
                 .into());

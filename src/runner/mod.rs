@@ -239,9 +239,16 @@ fn check_record(check: crate::eval::CheckResult) -> CheckRecord {
 
 /// Re-scores a stored case's transcript with the current scorers: (passed,
 /// score, checks).
-pub fn rescore_case(suite: &Suite, case: &Case, transcript: &Value) -> (bool, f64, Vec<CheckRecord>) {
+pub fn rescore_case(
+    suite: &Suite,
+    case: &Case,
+    transcript: &Value,
+) -> (bool, f64, Vec<CheckRecord>) {
     let stored = Transcript {
-        final_text: transcript["final_text"].as_str().unwrap_or_default().to_string(),
+        final_text: transcript["final_text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         tool_calls: transcript["calls"]
             .as_array()
             .map(|calls| {
@@ -357,9 +364,15 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
             for case in cases {
                 for sample in 0..options.repeat {
                     bar.set_message(format!("{}/{}", suite.name, case.id));
-                    let record =
-                        run_case(&client, &target.model, suite, case, sample, options.temperature)
-                            .await?;
+                    let record = run_case(
+                        &client,
+                        &target.model,
+                        suite,
+                        case,
+                        sample,
+                        options.temperature,
+                    )
+                    .await?;
                     store.record_case(run_id, &record).await?;
                     bar.inc(1);
                 }

@@ -154,8 +154,7 @@ pub fn render_table(summaries: &[SuiteSummary], peak_memory_bytes: Option<u64>) 
             ms(s.ttft_p95_ms),
             ms(s.e2e_p50_ms),
             ms(s.e2e_p95_ms),
-            s.decode_tok_s_p50
-                .map_or("-".into(), |v| format!("{v:.1}")),
+            s.decode_tok_s_p50.map_or("-".into(), |v| format!("{v:.1}")),
             s.cache_hit_ratio
                 .map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
             peak_memory_bytes.map_or("-".into(), crate::mib),
@@ -170,7 +169,10 @@ pub fn render_table(summaries: &[SuiteSummary], peak_memory_bytes: Option<u64>) 
             k = s.k
         ));
     }
-    for s in summaries.iter().filter(|s| !s.must_pass_failures.is_empty()) {
+    for s in summaries
+        .iter()
+        .filter(|s| !s.must_pass_failures.is_empty())
+    {
         out.push_str(&format!(
             "{}: must-pass cases failed: {}\n",
             s.suite,

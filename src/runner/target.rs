@@ -32,7 +32,10 @@ impl Target {
             let engine = crate::load_engine(&resolved, None)?;
             let model = resolved.name.clone();
             let sha = resolved.sha256.clone();
-            let state = Arc::new(AppState::new(ServeConfig::default(), vec![(resolved, engine)])?);
+            let state = Arc::new(AppState::new(
+                ServeConfig::default(),
+                vec![(resolved, engine)],
+            )?);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .context("binding a loopback port for the builtin server")?;

@@ -52,7 +52,9 @@ impl HostInfo {
             cpu_model,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_bytes,
-            os: format!("{} {kernel}", std::env::consts::OS).trim().to_string(),
+            os: format!("{} {kernel}", std::env::consts::OS)
+                .trim()
+                .to_string(),
         }
     }
 
@@ -290,8 +292,13 @@ impl Store {
             let id: i64 = row.get("id");
             let pid: i64 = row.get("pid");
             if !process_alive(pid) {
-                self.finish_run(id, "incomplete", None, Some("the run's process ended before it finished"))
-                    .await?;
+                self.finish_run(
+                    id,
+                    "incomplete",
+                    None,
+                    Some("the run's process ended before it finished"),
+                )
+                .await?;
                 marked += 1;
             }
         }
@@ -413,13 +420,15 @@ impl Store {
         checks: &[CheckRecord],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE case_results SET passed = ?, score = ?, scorer_version = ? WHERE id = ?")
-            .bind(passed)
-            .bind(score)
-            .bind(scorer_version)
-            .bind(case_result_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE case_results SET passed = ?, score = ?, scorer_version = ? WHERE id = ?",
+        )
+        .bind(passed)
+        .bind(score)
+        .bind(scorer_version)
+        .bind(case_result_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM check_results WHERE case_result_id = ?")
             .bind(case_result_id)
             .execute(&mut *tx)
@@ -534,26 +543,25 @@ impl Store {
                 detail: parse_json(c.get("detail_json")),
             })
             .collect();
-            let requests = sqlx::query(
-                "SELECT * FROM requests WHERE case_result_id = ? ORDER BY position",
-            )
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| RequestMetrics {
-                ttft_ms: r.get("ttft_ms"),
-                e2e_ms: r.get("e2e_ms"),
-                input_tokens: r.get::<i64, _>("input_tokens") as u64,
-                cache_read_input_tokens: r.get::<i64, _>("cache_read_input_tokens") as u64,
-                cache_creation_input_tokens: r.get::<i64, _>("cache_creation_input_tokens")
-                    as u64,
-                output_tokens: r.get::<i64, _>("output_tokens") as u64,
-                prefill_tok_s: r.get("prefill_tok_s"),
-                decode_tok_s: r.get("decode_tok_s"),
-                stop_reason: r.get("stop_reason"),
-            })
-            .collect();
+            let requests =
+                sqlx::query("SELECT * FROM requests WHERE case_result_id = ? ORDER BY position")
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| RequestMetrics {
+                        ttft_ms: r.get("ttft_ms"),
+                        e2e_ms: r.get("e2e_ms"),
+                        input_tokens: r.get::<i64, _>("input_tokens") as u64,
+                        cache_read_input_tokens: r.get::<i64, _>("cache_read_input_tokens") as u64,
+                        cache_creation_input_tokens: r.get::<i64, _>("cache_creation_input_tokens")
+                            as u64,
+                        output_tokens: r.get::<i64, _>("output_tokens") as u64,
+                        prefill_tok_s: r.get("prefill_tok_s"),
+                        decode_tok_s: r.get("decode_tok_s"),
+                        stop_reason: r.get("stop_reason"),
+                    })
+                    .collect();
             cases.push(StoredCase {
                 id,
                 record: CaseRecord {

@@ -5,13 +5,13 @@
 use serde_json::Value;
 use showdown_engine::{Engine, TokenConstraint};
 
-use super::wire::{MessagesRequest, ToolChoiceParam};
 use super::error::ApiError;
 use super::output::{OutputEvent, OutputParser};
 use super::prompt::ToolPromptFormat;
+use super::wire::{MessagesRequest, ToolChoiceParam};
 use crate::tools::{
     ParsedEvent, ToolCall, ToolCallConstraint, ToolCallFormat, ToolCallParser, ToolChoice,
-    ToolDefinition,
+    ToolDefinition, ToolGrammarEnv,
 };
 
 /// A model's tool-call format, as the prompt builder uses it.
@@ -47,7 +47,7 @@ impl ToolPromptFormat for FormatAdapter {
 }
 
 /// The format's streaming parser, as the block assembler reads it.
-pub struct ParserAdapter(pub ToolCallParser);
+pub struct ParserAdapter(pub Option<ToolCallParser>);
 
 fn convert(events: Vec<ParsedEvent>) -> Vec<OutputEvent> {
     events
@@ -66,17 +66,17 @@ fn convert(events: Vec<ParsedEvent>) -> Vec<OutputEvent> {
 
 impl OutputParser for ParserAdapter {
     fn push(&mut self, text: &str) -> Vec<OutputEvent> {
-        convert(self.0.push(text))
+        match &mut self.0 {
+            Some(parser) => convert(parser.push(text)),
+            None => Vec::new(),
+        }
     }
     fn finish(&mut self) -> Vec<OutputEvent> {
-        let parser = std::mem::replace(&mut self.0, ToolCallParser::default());
-        convert(parser.finish())
+        self.0
+            .take()
+            .map(|p| convert(p.finish()))
+            .unwrap_or_default()
     }
-}
-
-/// The model's tool-call format, if it has one.
-pub fn format_of(name: Option<&str>) -> Option<ToolCallFormat> {
-    name.and_then(|n| ToolCallFormat::from_name(n).ok())
 }
 
 /// The choice a request makes, and whether parallel calls are off.
@@ -100,6 +100,7 @@ pub fn choice_of(request: &MessagesRequest) -> (ToolChoice, bool) {
 /// The grammar that enforces `tool_choice` and the tools' input schemas.
 pub fn constraint_for(
     engine: &Engine,
+    env: &ToolGrammarEnv,
     format: ToolCallFormat,
     request: &MessagesRequest,
 ) -> Result<Option<Box<dyn TokenConstraint + Send>>, ApiError> {
@@ -119,7 +120,8 @@ pub fn constraint_for(
         })
         .collect();
     let (choice, disable_parallel) = choice_of(request);
-    let constraint = ToolCallConstraint::new(
+    let constraint = ToolCallConstraint::with_env(
+        env,
         format,
         &definitions,
         &choice,

@@ -1,0 +1,479 @@
+//! Tool calls on the real SmolLM2 (and Gemma 3's tokenizer): constrained
+//! decoding per `tool_choice` yields output the parser turns into calls that
+//! satisfy the tools' schemas; conventions round-trip through the parser.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use showdown::{
+    ParsedEvent, ToolCall, ToolCallConstraint, ToolCallFormat, ToolChoice, ToolDefinition,
+    ToolGrammarEnv,
+};
+use showdown_engine::{CancelToken, Engine, LoadOptions, TokenConstraint};
+
+use crate::util::{greedy, pinned_model_path};
+
+fn smollm2() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        Engine::load(&pinned_model_path("smollm2-135m"), &LoadOptions::default())
+            .expect("load SmolLM2")
+    })
+}
+
+fn grammar_env() -> &'static ToolGrammarEnv {
+    static ENV: OnceLock<ToolGrammarEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let start = Instant::now();
+        let env = ToolGrammarEnv::new(smollm2().tokenizer()).expect("grammar env");
+        eprintln!("grammar env for SmolLM2: {:?}", start.elapsed());
+        env
+    })
+}
+
+fn weather_tool() -> ToolDefinition {
+    ToolDefinition {
+        name: "get_weather".into(),
+        description: Some("Get the weather forecast for a city".into()),
+        input_schema: json!({
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
+            },
+            "required": ["city", "days", "unit"],
+            "additionalProperties": false
+        }),
+    }
+}
+
+fn tools() -> Vec<ToolDefinition> {
+    vec![
+        weather_tool(),
+        ToolDefinition {
+            name: "read_file".into(),
+            description: Some("Read a file".into()),
+            input_schema: json!({
+                "type": "object",
+                "properties": {"path": {"type": "string", "format": "uri-reference"}},
+                "required": ["path"]
+            }),
+        },
+        ToolDefinition {
+            name: "bash".into(),
+            description: None,
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string"},
+                    "timeout": {"type": "number"}
+                },
+                "required": ["command"]
+            }),
+        },
+    ]
+}
+
+struct Outcome {
+    text: String,
+    events: Vec<ParsedEvent>,
+}
+
+impl Outcome {
+    fn calls(&self) -> Vec<ToolCall> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ParsedEvent::ToolCallEnd(call) => Some(call.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Times each mask computation, for the report.
+struct Timed<'a> {
+    inner: &'a mut ToolCallConstraint,
+    mask_ms: Vec<f64>,
+}
+
+impl TokenConstraint for Timed<'_> {
+    fn mask(&mut self, logits: &mut [f32]) -> showdown_engine::Result<()> {
+        let start = Instant::now();
+        let result = self.inner.mask(logits);
+        self.mask_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        result
+    }
+
+    fn accept(&mut self, token: u32) -> showdown_engine::Result<bool> {
+        self.inner.accept(token)
+    }
+}
+
+/// Generates greedily with the tools in the system prompt and the
+/// constraint applied, streaming the text through the parser token by token.
+fn run(
+    format: ToolCallFormat,
+    tools: &[ToolDefinition],
+    choice: ToolChoice,
+    disable_parallel: bool,
+    user: &str,
+    max_tokens: usize,
+) -> Outcome {
+    let engine = smollm2();
+    let system = format!(
+        "You are a helpful assistant.\n\n{}",
+        format.tools_system_prompt(tools)
+    );
+    let messages = [
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": user}),
+    ];
+    let prompt = engine.render_chat(&messages, None, true).unwrap();
+    let prompt = engine.tokenize_prompt(&prompt).unwrap();
+    let built = Instant::now();
+    let mut constraint = ToolCallConstraint::with_env(
+        grammar_env(),
+        format,
+        tools,
+        &choice,
+        disable_parallel,
+        engine.tokenizer(),
+    )
+    .expect("build constraint");
+    let build_ms = built.elapsed().as_secs_f64() * 1e3;
+    let mut timed = Timed {
+        inner: &mut constraint,
+        mask_ms: Vec::new(),
+    };
+    let mut parser = format.parser();
+    let mut events = Vec::new();
+    let generation = engine
+        .generate_constrained(
+            &mut engine.new_cache(),
+            &prompt,
+            &greedy(max_tokens),
+            Some(&mut timed),
+            &CancelToken::new(),
+            |piece| events.extend(parser.push(piece)),
+        )
+        .expect("generate");
+    events.extend(parser.finish());
+    let masks = &timed.mask_ms;
+    let mean = masks.iter().sum::<f64>() / masks.len().max(1) as f64;
+    let max = masks.iter().cloned().fold(0.0, f64::max);
+    eprintln!(
+        "{choice:?} ({}): build {build_ms:.1} ms, mask {mean:.2} ms/token mean, {max:.2} max \
+         over {} tokens, decode {:.1} tok/s, {:?}\n{}",
+        format.name(),
+        masks.len(),
+        generation.timings.decode_tok_s(),
+        generation.stop_reason,
+        generation.text
+    );
+    Outcome {
+        text: generation.text,
+        events,
+    }
+}
+
+/// Checks `input` against the subset of JSON schema the tests use.
+fn assert_satisfies(input: &Value, schema: &Value) {
+    let fields = input.as_object().expect("input is an object");
+    for required in schema["required"].as_array().into_iter().flatten() {
+        assert!(
+            fields.contains_key(required.as_str().unwrap()),
+            "missing required {required} in {input}"
+        );
+    }
+    let properties = schema["properties"].as_object().unwrap();
+    for (key, value) in fields {
+        let Some(property) = properties.get(key) else {
+            assert_ne!(
+                schema["additionalProperties"],
+                json!(false),
+                "unexpected {key} in {input}"
+            );
+            continue;
+        };
+        match property["type"].as_str() {
+            Some("string") => assert!(value.is_string(), "{key} not a string in {input}"),
+            Some("integer") => assert!(value.is_i64() || value.is_u64(), "{key} in {input}"),
+            Some("number") => assert!(value.is_number(), "{key} not a number in {input}"),
+            _ => {}
+        }
+        if let Some(allowed) = property["enum"].as_array() {
+            assert!(allowed.contains(value), "{key} not in enum in {input}");
+        }
+        if let (Some(min), Some(n)) = (property["minimum"].as_i64(), value.as_i64()) {
+            assert!(n >= min, "{key} below minimum in {input}");
+        }
+        if let (Some(max), Some(n)) = (property["maximum"].as_i64(), value.as_i64()) {
+            assert!(n <= max, "{key} above maximum in {input}");
+        }
+    }
+}
+
+fn assert_valid_calls(calls: &[ToolCall], tools: &[ToolDefinition]) {
+    for call in calls {
+        let tool = tools
+            .iter()
+            .find(|t| t.name == call.name)
+            .unwrap_or_else(|| panic!("call to unknown tool {}", call.name));
+        assert_satisfies(&call.input, &tool.input_schema);
+    }
+}
+
+#[test]
+fn tools_forced_tool_yields_one_valid_call() {
+    let tools = tools();
+    let out = run(
+        ToolCallFormat::Hermes,
+        &tools,
+        ToolChoice::Tool("get_weather".into()),
+        true,
+        "What's the weather like in Paris for the next 3 days?",
+        80,
+    );
+    let calls = out.calls();
+    assert_eq!(calls.len(), 1, "one call in {:?}", out.text);
+    assert_eq!(calls[0].name, "get_weather");
+    assert_valid_calls(&calls, &tools);
+    assert!(
+        !out.events.iter().any(|e| matches!(e, ParsedEvent::Text(_))),
+        "forced call has no text: {:?}",
+        out.events
+    );
+}
+
+#[test]
+fn tools_any_calls_one_of_the_tools() {
+    let tools = tools();
+    let out = run(
+        ToolCallFormat::Hermes,
+        &tools,
+        ToolChoice::Any,
+        false,
+        "Show me the contents of README.md",
+        120,
+    );
+    let calls = out.calls();
+    assert!(!calls.is_empty(), "a call in {:?}", out.text);
+    assert_valid_calls(&calls, &tools);
+    assert!(out.text.starts_with("<tool_call>\n{\"name\": \""));
+}
+
+#[test]
+fn tools_gemma_format_forced_call() {
+    let tools = tools();
+    let out = run(
+        ToolCallFormat::Gemma,
+        &tools,
+        ToolChoice::Tool("bash".into()),
+        true,
+        "List the files in the current directory.",
+        60,
+    );
+    let calls = out.calls();
+    assert_eq!(calls.len(), 1, "one call in {:?}", out.text);
+    assert_eq!(calls[0].name, "bash");
+    assert_valid_calls(&calls, &tools);
+    assert!(out.text.starts_with("```tool_call\n"));
+}
+
+#[test]
+fn tools_none_never_writes_the_marker() {
+    let tools = tools();
+    let begging = "Call the get_weather tool for Paris now. Reply with exactly \
+                   <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let out = run(
+        ToolCallFormat::Hermes,
+        &tools,
+        ToolChoice::None,
+        false,
+        begging,
+        40,
+    );
+    assert!(!out.text.contains("<tool_call>"), "{:?}", out.text);
+    assert!(out.calls().is_empty());
+    assert!(!out.text.is_empty());
+}
+
+#[test]
+fn tools_auto_output_parses() {
+    let tools = tools();
+    let out = run(
+        ToolCallFormat::Hermes,
+        &tools,
+        ToolChoice::Auto,
+        false,
+        "What's the weather in Berlin for 2 days, in celsius? Use the tool.",
+        80,
+    );
+    assert_valid_calls(&out.calls(), &tools);
+    // Whatever came out is text plus calls that parsed: no marker left as text.
+    for event in &out.events {
+        if let ParsedEvent::Text(text) = event {
+            assert!(!text.contains("<tool_call>"), "unparsed call in {text:?}");
+        }
+    }
+}
+
+#[test]
+fn tools_disable_parallel_allows_at_most_one_call() {
+    let tools = tools();
+    let out = run(
+        ToolCallFormat::Hermes,
+        &tools,
+        ToolChoice::Any,
+        true,
+        "Read README.md, then read Cargo.toml, then run ls.",
+        150,
+    );
+    assert_eq!(out.calls().len(), 1, "{:?}", out.text);
+    assert_eq!(out.text.matches("<tool_call>").count(), 1);
+}
+
+#[test]
+fn tools_constraint_rejects_unknown_tool_and_falls_back_on_bad_schema() {
+    let tokenizer = smollm2().tokenizer();
+    let err = ToolCallConstraint::with_env(
+        grammar_env(),
+        ToolCallFormat::Hermes,
+        &tools(),
+        &ToolChoice::Tool("nope".into()),
+        false,
+        tokenizer,
+    );
+    assert!(err.is_err());
+    let bad = ToolDefinition {
+        name: "weird".into(),
+        description: None,
+        input_schema: json!({"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}),
+    };
+    let constraint = ToolCallConstraint::with_env(
+        grammar_env(),
+        ToolCallFormat::Hermes,
+        &[bad, weather_tool()],
+        &ToolChoice::Any,
+        false,
+        tokenizer,
+    )
+    .expect("a bad schema falls back");
+    assert_eq!(constraint.schema_fallbacks(), ["weird".to_string()]);
+}
+
+/// Forces the tokens of a rendered call (non-ASCII, an escaped newline,
+/// two calls) through the constraint: every one is allowed, nothing past the
+/// vocabulary is, and the end of turn is allowed at the end (so the token
+/// bytes given to llguidance are right).
+fn assert_rendered_calls_accepted(engine: &Engine, env: &ToolGrammarEnv, format: ToolCallFormat) {
+    let tools = tools();
+    let call = ToolCall {
+        name: "get_weather".into(),
+        input: json!({"city": "São Paulo 東京\n", "days": 2, "unit": "celsius"}),
+    };
+    let text = format.render_tool_calls(&[call.clone(), call]);
+    let tokens = engine
+        .tokenizer()
+        .inner()
+        .encode(text.as_str(), false)
+        .unwrap();
+    let mut constraint = ToolCallConstraint::with_env(
+        env,
+        format,
+        &tools,
+        &ToolChoice::Any,
+        false,
+        engine.tokenizer(),
+    )
+    .unwrap();
+    let mut logits = vec![0.0f32; engine.tokenizer().vocab_size() + 7];
+    for &token in tokens.get_ids() {
+        logits.fill(0.0);
+        constraint.mask(&mut logits).unwrap();
+        assert!(
+            logits[token as usize].is_finite(),
+            "token {token} {:?} masked in {text:?}",
+            engine.tokenizer().token(token)
+        );
+        assert!(logits[logits.len() - 1].is_infinite(), "beyond the vocab");
+        for &stop in engine.tokenizer().stop_tokens() {
+            assert!(
+                logits[stop as usize].is_infinite(),
+                "no end of turn mid-call"
+            );
+        }
+        assert!(!constraint.accept(token).unwrap());
+    }
+    assert!(constraint.is_accepting());
+    logits.fill(0.0);
+    constraint.mask(&mut logits).unwrap();
+    for &stop in engine.tokenizer().stop_tokens() {
+        assert!(logits[stop as usize].is_finite(), "end of turn allowed");
+    }
+}
+
+#[test]
+fn tools_rendered_call_is_accepted_token_by_token() {
+    assert_rendered_calls_accepted(smollm2(), grammar_env(), ToolCallFormat::Hermes);
+}
+
+/// Gemma's SentencePiece tokenizer: byte-fallback tokens and `▁` spaces.
+#[test]
+fn tools_rendered_call_is_accepted_by_gemma_tokens() {
+    let options = LoadOptions {
+        template: showdown_engine::TemplateChoice::Named("gemma".into()),
+        context_length: Some(1024),
+        ..LoadOptions::default()
+    };
+    let engine = Engine::load(&pinned_model_path("gemma3-270m"), &options).expect("load gemma3");
+    let start = Instant::now();
+    let env = ToolGrammarEnv::new(engine.tokenizer()).expect("grammar env");
+    eprintln!(
+        "grammar env for Gemma 3 ({} tokens): {:?}",
+        engine.tokenizer().vocab_size(),
+        start.elapsed()
+    );
+    assert_rendered_calls_accepted(&engine, &env, ToolCallFormat::Gemma);
+}
+
+#[test]
+fn tools_render_round_trip() {
+    for format in [ToolCallFormat::Hermes, ToolCallFormat::Gemma] {
+        let calls = vec![
+            ToolCall {
+                name: "bash".into(),
+                input: json!({"command": "echo \"hi\" && ls", "timeout": 1.5}),
+            },
+            ToolCall {
+                name: "read_file".into(),
+                input: json!({"path": "a/b.rs", "lines": [1, 2], "opts": {}}),
+            },
+        ];
+        let text = format!("I'll do it.\n{}", format.render_tool_calls(&calls));
+        let mut parser = format.parser();
+        let mut events = parser.push(&text);
+        events.extend(parser.finish());
+        let parsed: Vec<ToolCall> = events
+            .iter()
+            .filter_map(|e| match e {
+                ParsedEvent::ToolCallEnd(call) => Some(call.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(parsed, calls, "{format:?}");
+        assert_eq!(events[0], ParsedEvent::Text("I'll do it.\n".into()));
+        let result = format.render_tool_result(Some("bash"), "boom", true);
+        assert!(result.contains("Error: boom"));
+        let prompt = format.tools_system_prompt(&tools());
+        assert!(
+            prompt.contains("\"name\":\"get_weather\"") && prompt.contains(format.call_start())
+        );
+        assert_eq!(ToolCallFormat::from_name(format.name()).unwrap(), format);
+    }
+    assert!(ToolCallFormat::from_name("nope").is_err());
+}
