@@ -707,3 +707,105 @@ async fn side_request_keeps_the_conversation_cached() {
     let (_, stats) = server.get("/showdown/stats").await;
     assert_eq!(stats["models"][0]["stats"]["cache_slots"], 2, "{stats}");
 }
+
+fn weather_tool() -> Value {
+    json!({
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
+            },
+            "required": ["city", "unit"]
+        }
+    })
+}
+
+#[tokio::test]
+async fn forced_tool_use_streams_input_json() {
+    let server = TestServer::shared();
+    let request = json!({
+        "model": "smollm2-135m", "max_tokens": 80, "temperature": 0, "stream": true,
+        "tools": [weather_tool()],
+        "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true},
+        "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+    });
+    let events = server.stream(&request).await;
+    let start = events
+        .iter()
+        .find(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")
+        .expect("a tool_use block");
+    let block = &start.1["content_block"];
+    assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
+    assert_eq!(block["name"], "get_weather");
+    assert_eq!(block["input"], json!({}));
+    let index = start.1["index"].clone();
+    let input: String = events
+        .iter()
+        .filter(|(n, d)| n == "content_block_delta" && d["index"] == index)
+        .map(|(_, d)| {
+            assert_eq!(d["delta"]["type"], "input_json_delta");
+            d["delta"]["partial_json"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let input: Value = serde_json::from_str(&input).expect("the streamed input is JSON");
+    assert!(input["city"].is_string(), "{input}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&input["unit"].as_str().unwrap()),
+        "{input}"
+    );
+    let uses = events
+        .iter()
+        .filter(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")
+        .count();
+    assert_eq!(uses, 1, "disable_parallel_tool_use allows one call");
+    let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
+}
+
+#[tokio::test]
+async fn tool_choice_none_never_calls_and_results_round_trip() {
+    let server = TestServer::shared();
+    let (status, body) = server
+        .message(&json!({
+            "model": "smollm2-135m", "max_tokens": 60, "temperature": 0,
+            "tools": [weather_tool()],
+            "tool_choice": {"type": "none"},
+            "messages": [{"role": "user", "content": "Call get_weather for Paris now, using the tool."}],
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["type"] == "text"),
+        "{body}"
+    );
+    assert_ne!(body["stop_reason"], "tool_use");
+
+    // A tool_use / tool_result round trip (string and block content, is_error).
+    let (status, body) = server
+        .message(&json!({
+            "model": "smollm2-135m", "max_tokens": 20, "temperature": 0,
+            "tools": [weather_tool()],
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Oslo?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris", "unit": "celsius"}},
+                    {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {"city": "Oslo", "unit": "celsius"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18 C, sunny"},
+                    {"type": "tool_result", "tool_use_id": "toolu_02", "content": [{"type": "text", "text": "service down"}], "is_error": true}
+                ]}
+            ],
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(["end_turn", "max_tokens", "tool_use"].contains(&body["stop_reason"].as_str().unwrap()));
+}

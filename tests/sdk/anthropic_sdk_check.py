@@ -11,6 +11,7 @@ import sys
 import anthropic
 
 MODEL = os.environ["SHOWDOWN_MODEL"]
+# Sampling settings are not parameters of this SDK version: they go in extra_body.
 client = anthropic.Anthropic(max_retries=0, timeout=600)
 
 WEATHER = {
@@ -49,7 +50,7 @@ def _():
     r = client.messages.create(
         model=MODEL,
         max_tokens=16,
-        temperature=0,
+        extra_body={"temperature": 0},
         messages=[{"role": "user", "content": "What is a compiler?"}],
     )
     assert r.id.startswith("msg_"), r.id
@@ -66,7 +67,7 @@ def _():
     with client.messages.stream(
         model=MODEL,
         max_tokens=16,
-        temperature=0,
+        extra_body={"temperature": 0},
         messages=[{"role": "user", "content": "Name a planet."}],
     ) as stream:
         text = "".join(stream.text_stream)
@@ -84,7 +85,7 @@ def _():
         tools=[WEATHER],
     )
     counted = client.messages.count_tokens(**request)
-    r = client.messages.create(max_tokens=1, temperature=0, **request)
+    r = client.messages.create(max_tokens=1, extra_body={"temperature": 0}, **request)
     assert counted.input_tokens == prompt_total(r.usage), (counted, r.usage)
 
 
@@ -94,7 +95,7 @@ def _():
     r = client.messages.create(
         model=MODEL,
         max_tokens=100,
-        temperature=0,
+        extra_body={"temperature": 0},
         tools=[WEATHER],
         tool_choice={"type": "tool", "name": "get_weather"},
         messages=messages,
@@ -120,7 +121,7 @@ def _():
         },
     ]
     r2 = client.messages.create(
-        model=MODEL, max_tokens=30, temperature=0, tools=[WEATHER], messages=messages
+        model=MODEL, max_tokens=30, extra_body={"temperature": 0}, tools=[WEATHER], messages=messages
     )
     assert r2.stop_reason in ("end_turn", "max_tokens", "tool_use"), r2
     assert r2.usage.cache_read_input_tokens > 0, r2.usage
@@ -131,7 +132,7 @@ def _():
     with client.messages.stream(
         model=MODEL,
         max_tokens=100,
-        temperature=0,
+        extra_body={"temperature": 0},
         tools=[WEATHER],
         tool_choice={"type": "any"},
         messages=[{"role": "user", "content": "Weather in Oslo, in celsius?"}],
