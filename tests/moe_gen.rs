@@ -182,7 +182,7 @@ pub fn write_moe(path: &Path, spec: &MoeSpec) {
         }
         tensors.push((format!("{p}.ffn_norm.weight"), rng.norm(h)));
         // A router with spread-out logits, so routing varies by token.
-        let router = (rng.tensor(&[e, h], 1.0) * 4.0 / (h as f64).sqrt()).unwrap();
+        let router = rng.tensor(&[e, h], 4.0 / (h as f32).sqrt());
         tensors.push((
             format!("{p}.ffn_gate_inp.weight"),
             QTensor::quantize(&router, GgmlDType::F32).unwrap(),
@@ -198,18 +198,34 @@ pub fn write_moe(path: &Path, spec: &MoeSpec) {
             ("ffn_down", down, GgmlDType::Q8_0),
         ];
         for (name, t, dtype) in parts {
-            if spec.stacked {
-                tensors.push((
-                    format!("{p}.{name}_exps.weight"),
-                    QTensor::quantize(&t, dtype).unwrap(),
-                ));
-            } else {
-                for i in 0..e {
+            // Quantize each expert from its own storage (candle's quantize reads
+            // the whole storage under a view), then stack the very same bytes.
+            let experts: Vec<QTensor> = (0..e)
+                .map(|i| {
                     let w = t.get(i).unwrap();
-                    tensors.push((
-                        format!("{p}.{name}.{i}.weight"),
-                        QTensor::quantize(&w, dtype).unwrap(),
-                    ));
+                    let data: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+                    let w = Tensor::from_vec(data, w.shape(), &Device::Cpu).unwrap();
+                    QTensor::quantize(&w, dtype).unwrap()
+                })
+                .collect();
+            if spec.stacked {
+                let bytes: Vec<u8> = experts
+                    .iter()
+                    .flat_map(|q| q.data().unwrap().to_vec())
+                    .collect();
+                let mut dims = vec![e];
+                dims.extend(experts[0].shape().dims());
+                let stacked = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    &bytes,
+                    dims,
+                    &Device::Cpu,
+                )
+                .unwrap();
+                tensors.push((format!("{p}.{name}_exps.weight"), stacked));
+            } else {
+                for (i, w) in experts.into_iter().enumerate() {
+                    tensors.push((format!("{p}.{name}.{i}.weight"), w));
                 }
             }
         }
