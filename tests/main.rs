@@ -1,6 +1,8 @@
 mod engine;
 mod gemma3;
 mod models;
+mod moe;
+mod moe_gen;
 mod run;
 mod scoring;
 mod server;

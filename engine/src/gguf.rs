@@ -181,6 +181,18 @@ impl Gguf {
         self.content.tensor_infos.keys().map(String::as_str)
     }
 
+    /// Names of all tensors, in the order their data lies in the file.
+    pub fn tensor_names_in_file_order(&self) -> Vec<&str> {
+        let mut names: Vec<(&str, u64)> = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| (name.as_str(), info.offset))
+            .collect();
+        names.sort_by_key(|&(_, offset)| offset);
+        names.into_iter().map(|(name, _)| name).collect()
+    }
+
     /// Total number of parameters (elements) over all tensors.
     pub fn parameter_count(&self) -> u64 {
         self.content
@@ -203,6 +215,48 @@ impl Gguf {
         Ok(candle_core::quantized::QMatMul::from_qtensor(
             self.tensor(name, device)?,
         )?)
+    }
+
+    /// Splits a stacked expert tensor, `(n_expert, rows, cols)` with the
+    /// experts outermost as GGUF stores `ffn_*_exps`, into one 2-D tensor per
+    /// expert. Each expert's blocks are contiguous, so this is a byte slice.
+    pub fn expert_tensors(
+        &self,
+        name: &str,
+        n_expert: usize,
+        device: &Device,
+    ) -> Result<Vec<QTensor>> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| EngineError::Metadata(format!("tensor `{name}` not found")))?;
+        let dims = info.shape.dims();
+        if dims.len() != 3 || dims[0] != n_expert {
+            return Err(EngineError::Metadata(format!(
+                "tensor `{name}` has shape {dims:?}, expected ({n_expert}, rows, cols)"
+            )));
+        }
+        let dtype = info.ggml_dtype;
+        let elems = dims[1] * dims[2];
+        if elems % dtype.block_size() != 0 {
+            return Err(EngineError::Metadata(format!(
+                "tensor `{name}`: an expert is not a whole number of {dtype:?} blocks"
+            )));
+        }
+        let bytes = elems / dtype.block_size() * dtype.type_size();
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        (0..n_expert)
+            .map(|e| {
+                let data = &self.mmap[start + e * bytes..start + (e + 1) * bytes];
+                Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    data,
+                    vec![dims[1], dims[2]],
+                    device,
+                )?)
+            })
+            .collect()
     }
 
     /// Reads a tensor by its GGUF name onto `device`.

@@ -17,6 +17,7 @@ mod gguf;
 mod kv_cache;
 mod memory;
 pub mod models;
+pub mod moe_split;
 mod sampler;
 mod stop;
 mod tokenizer;

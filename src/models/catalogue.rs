@@ -99,6 +99,18 @@ pub enum Source {
         /// The file.
         path: PathBuf,
     },
+    /// Built from another listed model by a deterministic transform.
+    Derived {
+        /// The listed model it is built from (pulled first if missing).
+        from: String,
+        /// The transform: `moe-split` turns a dense llama model into a
+        /// mixtral-style MoE (see `showdown_engine::moe_split`).
+        transform: String,
+        /// Experts per layer.
+        experts: usize,
+        /// Experts each token is routed to (top-k).
+        experts_used: usize,
+    },
 }
 
 /// One wheel member that makes up (part of) a model file.
@@ -119,6 +131,15 @@ impl fmt::Display for Source {
                 write!(f, "pip package(s) {}", packages.join(", "))
             }
             Source::File { path } => write!(f, "file {}", path.display()),
+            Source::Derived {
+                from,
+                transform,
+                experts,
+                experts_used,
+            } => write!(
+                f,
+                "{transform} of {from} into {experts} experts, {experts_used} per token"
+            ),
         }
     }
 }
@@ -278,6 +299,25 @@ fn validate_spec(spec: &mut ModelSpec) -> std::result::Result<(), String> {
         Source::File { path } => {
             if path.as_os_str().is_empty() {
                 return Err("a file source needs a path".into());
+            }
+        }
+        Source::Derived {
+            from,
+            transform,
+            experts,
+            experts_used,
+        } => {
+            validate_name(from)?;
+            if from == &spec.name {
+                return Err("a model cannot be derived from itself".into());
+            }
+            if transform != "moe-split" {
+                return Err(format!(
+                    "unknown transform `{transform}` (known: moe-split)"
+                ));
+            }
+            if *experts < 2 || *experts_used == 0 || experts_used > experts {
+                return Err(format!("{experts_used} of {experts} experts"));
             }
         }
     }

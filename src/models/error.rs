@@ -81,6 +81,15 @@ pub enum ModelError {
         bytes: u64,
     },
 
+    /// Building a derived model from its source model failed.
+    #[error("cannot build `{name}`: {reason}")]
+    Derive {
+        /// The model name.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A cached model file no longer has its pinned hash.
     #[error(
         "cached model `{name}` at {} is corrupt: expected sha256 {expected}, got {actual}; \

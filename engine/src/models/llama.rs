@@ -1,6 +1,8 @@
 //! Llama family (Llama 2/3, SmolLM2, Mistral) in GGUF layout: pre-norm
 //! decoder blocks with RMSNorm, grouped-query attention with interleaved
 //! rotary embeddings (GGUF permutes q/k for it), and a SwiGLU feed-forward.
+//! With `llama.expert_count` > 1 the feed-forward is a mixtral-style sparse
+//! mixture of experts ([`crate::models::moe`]).
 //! Reference: llama.cpp `llm_build_llama`, candle-transformers `quantized_llama`.
 
 use candle_core::quantized::QMatMul;
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
+use crate::models::moe::SparseMoe;
 use crate::models::ModelInfo;
 
 /// Hyperparameters, named as in the Hugging Face config, read from GGUF metadata.
@@ -36,6 +39,10 @@ pub struct Config {
     pub max_position_embeddings: usize,
     /// Vocabulary size.
     pub vocab_size: usize,
+    /// Experts per feed-forward (`num_local_experts`); 0 for a dense model.
+    pub num_local_experts: usize,
+    /// Experts each token is routed to (`num_experts_per_tok`); 0 when dense.
+    pub num_experts_per_tok: usize,
 }
 
 impl Config {
@@ -65,6 +72,8 @@ impl Config {
             rope_theta: gguf.arch_f32("rope.freq_base").unwrap_or(10_000.0),
             max_position_embeddings: gguf.arch_u32("context_length")? as usize,
             vocab_size,
+            num_local_experts: gguf.arch_u32("expert_count").unwrap_or(0) as usize,
+            num_experts_per_tok: gguf.arch_u32("expert_used_count").unwrap_or(0) as usize,
         })
     }
 }
@@ -295,6 +304,20 @@ impl Mlp {
         })
     }
 
+    pub(crate) fn from_weights(
+        gate: QMatMul,
+        up: QMatMul,
+        down: QMatMul,
+        activation: Activation,
+    ) -> Self {
+        Self {
+            gate,
+            up,
+            down,
+            activation,
+        }
+    }
+
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate = self.gate.forward(xs)?;
         let gate = match self.activation {
@@ -306,12 +329,28 @@ impl Mlp {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A dense or a sparse (mixture-of-experts) feed-forward.
+#[derive(Debug)]
+pub(crate) enum FeedForward {
+    Dense(Mlp),
+    Moe(SparseMoe),
+}
+
+impl FeedForward {
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(xs),
+            Self::Moe(moe) => moe.forward(xs),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct DecoderLayer {
     attn_norm: RmsNorm,
     attn: Attention,
     ffn_norm: RmsNorm,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 /// A llama-family model: weights only; the KV cache is passed in.
@@ -355,7 +394,19 @@ impl Model {
                     cfg.rms_norm_eps,
                     device,
                 )?,
-                mlp: Mlp::new(gguf, &prefix, Activation::Silu, device)?,
+                mlp: if cfg.num_local_experts > 1 {
+                    // Mixtral renormalises the top-k weights.
+                    FeedForward::Moe(SparseMoe::new(
+                        gguf,
+                        &prefix,
+                        cfg.num_local_experts,
+                        cfg.num_experts_per_tok,
+                        true,
+                        device,
+                    )?)
+                } else {
+                    FeedForward::Dense(Mlp::new(gguf, &prefix, Activation::Silu, device)?)
+                },
             });
         }
         let total = gguf.parameter_count();
@@ -366,6 +417,13 @@ impl Model {
         } else {
             total
         };
+        // Experts a token is not routed to are resident but not used.
+        let idle = cfg
+            .num_local_experts
+            .saturating_sub(cfg.num_experts_per_tok) as u64
+            * SparseMoe::expert_parameters(cfg.hidden_size, cfg.intermediate_size)
+            * cfg.num_hidden_layers as u64;
+        let active = active - idle;
         let info = ModelInfo {
             architecture: "llama".into(),
             block_count: cfg.num_hidden_layers,
@@ -403,6 +461,18 @@ impl Model {
 
     pub(crate) fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Token rows each expert of each layer has computed since load (empty
+    /// for a dense model).
+    pub(crate) fn expert_rows(&self) -> Vec<Vec<u64>> {
+        self.layers
+            .iter()
+            .filter_map(|l| match &l.mlp {
+                FeedForward::Moe(moe) => Some(moe.expert_rows()),
+                FeedForward::Dense(_) => None,
+            })
+            .collect()
     }
 
     /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.

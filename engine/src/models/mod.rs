@@ -4,6 +4,7 @@
 
 pub mod gemma3;
 pub mod llama;
+mod moe;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -84,6 +85,16 @@ impl Model {
         match self {
             Self::Llama(m) => m.info(),
             Self::Gemma3(m) => m.info(),
+        }
+    }
+
+    /// Token rows each expert of each MoE layer has computed since load,
+    /// `[layer][expert]`; empty for dense models. Experts no token routed to
+    /// are never run, so their counts stay put.
+    pub fn expert_rows(&self) -> Vec<Vec<u64>> {
+        match self {
+            Self::Llama(m) => m.expert_rows(),
+            Self::Gemma3(_) => Vec::new(),
         }
     }
 

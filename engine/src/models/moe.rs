@@ -1,0 +1,149 @@
+//! Sparse mixture-of-experts feed-forward, shared by the MoE architectures
+//! (mixtral-style `llama`, `qwen3_moe`): a router picks the top-k experts per
+//! token from a softmax over all experts, and only experts some token routed
+//! to run, each on the rows routed to it.
+//!
+//! Written as candle-transformers' `quantized_llama` writes its MoE (softmax,
+//! stable sort, f32 renormalisation, `index_select` / `index_add`) so the
+//! mixtral-style parity with that oracle is exact, not merely close.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::gguf::Gguf;
+use crate::models::llama::{Activation, Mlp};
+
+/// One layer's experts, router and invocation counters.
+#[derive(Debug)]
+pub(crate) struct SparseMoe {
+    router: QMatMul,
+    experts: Vec<Mlp>,
+    top_k: usize,
+    /// Rescale the selected weights to sum to one (mixtral, most qwen3_moe).
+    normalize: bool,
+    /// Token rows each expert has computed since load: the proof that
+    /// experts no token routed to never run.
+    rows: Vec<AtomicU64>,
+}
+
+impl SparseMoe {
+    /// Loads `{prefix}.ffn_gate_inp` and the experts, from stacked
+    /// `ffn_{gate,up,down}_exps` tensors (what current GGUF files hold) or
+    /// per-expert `ffn_{gate,up,down}.{i}` tensors (older mixtral files).
+    pub(crate) fn new(
+        gguf: &Gguf,
+        prefix: &str,
+        n_expert: usize,
+        top_k: usize,
+        normalize: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        if top_k == 0 || top_k > n_expert {
+            return Err(EngineError::Metadata(format!(
+                "expert_used_count {top_k} must be between 1 and expert_count {n_expert}"
+            )));
+        }
+        let router = gguf.qmatmul(&format!("{prefix}.ffn_gate_inp.weight"), device)?;
+        let experts = if gguf.has_tensor(&format!("{prefix}.ffn_gate_exps.weight")) {
+            let split = |name: &str| {
+                gguf.expert_tensors(&format!("{prefix}.{name}.weight"), n_expert, device)
+            };
+            let (gate, up, down) = (
+                split("ffn_gate_exps")?,
+                split("ffn_up_exps")?,
+                split("ffn_down_exps")?,
+            );
+            gate.into_iter()
+                .zip(up)
+                .zip(down)
+                .map(|((g, u), d)| {
+                    Ok(Mlp::from_weights(
+                        QMatMul::from_qtensor(g)?,
+                        QMatMul::from_qtensor(u)?,
+                        QMatMul::from_qtensor(d)?,
+                        Activation::Silu,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            (0..n_expert)
+                .map(|i| {
+                    let w =
+                        |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.{i}.weight"), device);
+                    Ok(Mlp::from_weights(
+                        w("ffn_gate")?,
+                        w("ffn_up")?,
+                        w("ffn_down")?,
+                        Activation::Silu,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(Self {
+            router,
+            experts,
+            top_k,
+            normalize,
+            rows: (0..n_expert).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Rows each expert has computed since load.
+    pub(crate) fn expert_rows(&self) -> Vec<u64> {
+        self.rows
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// `(b, seq, hidden)` → `(b, seq, hidden)`.
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, seq, hidden) = xs.dims3()?;
+        let xs = xs.reshape(((), hidden))?;
+        let router_logits = self.router.forward(&xs)?;
+        let weights = candle_nn::ops::softmax_last_dim(&router_logits)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+
+        // Group token rows by expert, with each row's (renormalised) weight.
+        let n_expert = self.experts.len();
+        let mut rows = vec![vec![]; n_expert];
+        let mut row_weights = vec![vec![]; n_expert];
+        for (row, w) in weights.iter().enumerate() {
+            let mut order: Vec<usize> = (0..w.len()).collect();
+            // Stable sort: ties go to the lower expert index, as in the oracle.
+            order.sort_by(|&i, &j| w[j].total_cmp(&w[i]));
+            let chosen = &order[..self.top_k];
+            let sum: f32 = if self.normalize {
+                chosen.iter().map(|&e| w[e]).sum()
+            } else {
+                1.0
+            };
+            for &e in chosen {
+                rows[e].push(row as u32);
+                row_weights[e].push(w[e] / sum);
+            }
+        }
+
+        let mut ys = xs.zeros_like()?;
+        for (e, expert) in self.experts.iter().enumerate() {
+            if rows[e].is_empty() {
+                continue;
+            }
+            self.rows[e].fetch_add(rows[e].len() as u64, Ordering::Relaxed);
+            let index = Tensor::new(rows[e].as_slice(), xs.device())?;
+            let scale = Tensor::new(row_weights[e].as_slice(), xs.device())?.reshape(((), 1))?;
+            let out = expert.forward(&xs.index_select(&index, 0)?)?;
+            ys = ys.index_add(&index, &out.broadcast_mul(&scale)?, 0)?;
+        }
+        Ok(ys.reshape((b, seq, hidden))?)
+    }
+
+    /// Parameters of one expert.
+    pub(crate) fn expert_parameters(hidden: usize, expert_ff: usize) -> u64 {
+        3 * (hidden * expert_ff) as u64
+    }
+}
