@@ -239,7 +239,7 @@ impl Gguf {
         }
         let dtype = info.ggml_dtype;
         let elems = dims[1] * dims[2];
-        if elems % dtype.block_size() != 0 {
+        if !elems.is_multiple_of(dtype.block_size()) {
             return Err(EngineError::Metadata(format!(
                 "tensor `{name}`: an expert is not a whole number of {dtype:?} blocks"
             )));

@@ -65,7 +65,7 @@ impl MoeSplit {
             )));
         }
         let ff = dense.arch_u32("feed_forward_length")? as usize;
-        if ff % e != 0 {
+        if !ff.is_multiple_of(e) {
             return Err(bad(format!(
                 "feed_forward_length {ff} does not split into {e}"
             )));
@@ -130,7 +130,7 @@ impl MoeSplit {
         let dtype = down.dtype();
         let (h, ff) = (down.shape().dims()[0], down.shape().dims()[1]);
         let block = dtype.block_size();
-        if expert_ff % block != 0 {
+        if !expert_ff.is_multiple_of(block) {
             return Err(EngineError::Metadata(format!(
                 "moe-split: {expert_ff} inner units per expert split {dtype:?} blocks of {block}"
             )));
