@@ -52,6 +52,36 @@ pub enum Command {
     /// Time to first token per turn of a five-turn agent conversation through
     /// `serve`, with the prompt cache on and off.
     BenchCache(CacheBenchArgs),
+    /// Compare two stored runs for quality and latency regressions; exit 1 on
+    /// a regression.
+    Compare(CompareArgs),
+}
+
+/// `showdown compare …`
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The baseline: run id, `latest` or `latest:LABEL`.
+    pub base: String,
+    /// The candidate: run id, `latest` or `latest:LABEL`.
+    pub head: String,
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+    /// Thresholds file (default: evals/compare.toml when present).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Significance level of the quality and latency tests (default 0.05).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Smallest latency change flagged, as a fraction (default 0.10 = 10%).
+    #[arg(long)]
+    pub min_effect: Option<f64>,
+    /// Compare even when suite hashes, model sha256 or host differ.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the comparison as JSON instead of markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `showdown run …`

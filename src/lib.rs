@@ -19,6 +19,10 @@
 //!   ([`CaseScore`] combines them, [`SCORER_VERSION`] dates the scorers).
 //! - Benchmark: [`run_bench_test`] measures pp512 / pp2048 / tg128 in
 //!   llama-bench's terms.
+//! - Regressions: [`compare_stored`] / [`compare`] decide whether a head run
+//!   regressed against a base run ([`Comparison`], thresholds in
+//!   [`CompareConfig`]); [`render_markdown`] renders the report; the tests
+//!   ([`fisher_drop_p`], [`mann_whitney`], [`bootstrap_median_ratio`]) are public.
 
 mod api;
 mod bench;
@@ -26,6 +30,7 @@ mod cache_bench;
 mod eval;
 mod inference;
 mod models;
+mod report;
 mod runner;
 mod store;
 mod tools;
@@ -51,6 +56,11 @@ pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
     ModelStore, OllamaName, Origin, PipPart, PullOutcome, ResolvedModel, Source, HOME_ENV,
     MODELS_FILE_ENV, OLLAMA_MODELS_ENV, PYTHON_ENV,
+};
+pub use report::{
+    bootstrap_median_ratio, comparability, compare, compare_metric, compare_stored, erfc,
+    fisher_drop_p, ln_factorial, mann_whitney, median, render_markdown, CaseFlip, CompareConfig,
+    Comparison, MannWhitney, MetricComparison, RunIdentity, SplitMix64, SuiteComparison,
 };
 pub use runner::{
     default_suites_dir, load_named_suites, render_table, rescore_case, run as run_eval, run_agent,

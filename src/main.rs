@@ -2,6 +2,7 @@
 //! to one function in `commands/`. The work is done by the `showdown` library.
 //!
 //! Exit codes: 0 on success (and when stdout is closed early, as by `| head`),
+//! 1 when a command's verdict is negative (`compare` found a regression),
 //! 2 on any error, printed with its full chain.
 
 mod cli;
@@ -18,6 +19,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if err.is::<commands::Regressed>() => {
+            eprintln!("{err}");
+            ExitCode::from(1)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
@@ -42,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs { command } => commands::runs::run(command),
         Command::Rescore(args) => commands::runs::rescore(args),
         Command::Rerun(args) => commands::runs::rerun(args),
+        Command::Compare(args) => commands::compare::run(args),
     }
 }
 

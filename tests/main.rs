@@ -1,3 +1,4 @@
+mod compare;
 mod engine;
 mod gemma3;
 mod models;

@@ -4,8 +4,22 @@
 
 pub mod bench;
 pub mod cache_bench;
+pub mod compare;
 pub mod generate;
 pub mod models;
 pub mod run;
 pub mod runs;
 pub mod serve;
+
+/// A command's negative verdict (a regression found): not an error, but
+/// `main` exits 1 for it instead of 0.
+#[derive(Debug)]
+pub struct Regressed(pub usize);
+
+impl std::fmt::Display for Regressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} regression(s) found", self.0)
+    }
+}
+
+impl std::error::Error for Regressed {}

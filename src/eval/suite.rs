@@ -325,7 +325,12 @@ pub fn load_suite(path: impl AsRef<Path>) -> Result<Suite, SuiteError> {
     load_suite_with_fixtures(path, repository.join("fixtures"))
 }
 
-/// Loads every `*.toml` in `dir`, sorted by file name; suite names must be unique.
+/// Files in the suites directory that configure commands rather than define
+/// suites (`compare.toml`: `showdown compare`'s thresholds).
+const NOT_SUITES: &[&str] = &["compare.toml"];
+
+/// Loads every `*.toml` in `dir` (but [`NOT_SUITES`]), sorted by file name;
+/// suite names must be unique.
 pub fn load_suites(dir: impl AsRef<Path>) -> Result<Vec<Suite>, SuiteError> {
     let dir = dir.as_ref();
     let io = |source| SuiteError::Io {
@@ -335,7 +340,10 @@ pub fn load_suites(dir: impl AsRef<Path>) -> Result<Vec<Suite>, SuiteError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
+        let config = path
+            .file_name()
+            .is_some_and(|name| NOT_SUITES.iter().any(|n| name == *n));
+        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() && !config {
             files.push(path);
         }
     }

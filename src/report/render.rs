@@ -1,0 +1,50 @@
+//! Markdown for a [`Comparison`], rendered with minijinja from
+//! `templates/compare.md.j2` (embedded in the binary), with a few number
+//! formatting filters the template uses.
+
+use anyhow::Result;
+use minijinja::{Environment, Value};
+
+use super::compare::Comparison;
+
+const COMPARE_TEMPLATE: &str = include_str!("../../templates/compare.md.j2");
+
+/// The comparison as markdown (a PR comment body, a CI log).
+pub fn render_markdown(comparison: &Comparison) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_filter("pct", pct);
+    env.add_filter("pval", pval);
+    env.add_filter("num", num);
+    env.add_filter("short", short);
+    env.add_template("compare.md", COMPARE_TEMPLATE)?;
+    let text = env
+        .get_template("compare.md")?
+        .render(Value::from_serialize(comparison))?;
+    Ok(text)
+}
+
+/// A signed percentage with one decimal: `+30.2%`; `–` for none.
+fn pct(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{v:+.1}%"))
+}
+
+/// A p-value: four decimals, or `<0.0001`.
+fn pval(value: Option<f64>) -> String {
+    match value {
+        None => "–".into(),
+        Some(p) if p < 1e-4 => "<0.0001".into(),
+        Some(p) => format!("{p:.4}"),
+    }
+}
+
+/// A figure with one decimal; `–` for none.
+fn num(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{v:.1}"))
+}
+
+/// The first 12 characters of a hash; `none` for none.
+fn short(value: Option<String>) -> String {
+    value.map_or("none".into(), |v| v.chars().take(12).collect())
+}
