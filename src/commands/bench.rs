@@ -1,7 +1,7 @@
 //! `showdown bench`: pp512 / pp2048 / tg128 per model, in llama-bench's
 //! table shape, with total and active parameters and resident memory.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use showdown::{
     describe_bench_model, load_engine, mib, resolve_model, run_bench_test, BenchTest, ModelStore,
 };
@@ -12,12 +12,7 @@ use crate::cli::BenchArgs;
 pub fn run(args: BenchArgs) -> Result<()> {
     let store = ModelStore::from_env()?;
     let models = if args.models.is_empty() {
-        vec![store
-            .catalogue()
-            .default_model()
-            .context("the models file names no default model; pass --model")?
-            .name
-            .clone()]
+        vec![super::model_or_default(&store, None)?]
     } else {
         args.models.clone()
     };

@@ -1,7 +1,7 @@
 //! `showdown bench-cache`: time to first token per turn of a five-turn agent
 //! conversation, with the prompt cache on and off.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use showdown::{load_engine, resolve_model, run_cache_bench, ModelStore};
 
 use crate::cli::CacheBenchArgs;
@@ -9,15 +9,7 @@ use crate::cli::CacheBenchArgs;
 /// Runs `showdown bench-cache`.
 pub fn run(args: CacheBenchArgs) -> Result<()> {
     let store = ModelStore::from_env()?;
-    let reference = match &args.model {
-        Some(m) => m.clone(),
-        None => store
-            .catalogue()
-            .default_model()
-            .context("the models file names no default model; pass --model")?
-            .name
-            .clone(),
-    };
+    let reference = super::model_or_default(&store, args.model.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use showdown::{load_engine, mib, resolve_model, GenerationReport, ModelStore};
 use showdown_engine::{CancelToken, GenerateParams, SamplingParams};
 
@@ -13,15 +13,7 @@ use crate::cli::GenerateArgs;
 /// Runs `showdown generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     let store = ModelStore::from_env()?;
-    let reference = match &args.model {
-        Some(m) => m.clone(),
-        None => store
-            .catalogue()
-            .default_model()
-            .context("the models file names no default model; pass --model")?
-            .name
-            .clone(),
-    };
+    let reference = super::model_or_default(&store, args.model.as_deref())?;
     let model = resolve_model(&reference, &store)?;
     let engine = load_engine(&model, args.ctx)?;
     let prompt_text = if args.raw {

@@ -23,3 +23,20 @@ impl std::fmt::Display for Regressed {
 }
 
 impl std::error::Error for Regressed {}
+
+/// The model a command uses: the one named, else the models file's default.
+pub fn model_or_default(
+    store: &showdown::ModelStore,
+    named: Option<&str>,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    match named {
+        Some(name) => Ok(name.to_string()),
+        None => Ok(store
+            .catalogue()
+            .default_model()
+            .context("the models file names no default model; pass --model")?
+            .name
+            .clone()),
+    }
+}

@@ -14,15 +14,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(t) => t,
         None => {
             let store = ModelStore::from_env()?;
-            let model = match &args.model {
-                Some(m) => m.clone(),
-                None => store
-                    .catalogue()
-                    .default_model()
-                    .context("the models file names no default model; pass --model")?
-                    .name
-                    .clone(),
-            };
+            let model = crate::commands::model_or_default(&store, args.model.as_deref())?;
             format!("builtin:{model}")
         }
     };

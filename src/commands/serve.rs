@@ -19,12 +19,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .init();
     let store = ModelStore::from_env()?;
     let references = if args.models.is_empty() {
-        vec![store
-            .catalogue()
-            .default_model()
-            .context("the models file names no default model; pass --model")?
-            .name
-            .clone()]
+        vec![super::model_or_default(&store, None)?]
     } else {
         args.models.clone()
     };
