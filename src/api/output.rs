@@ -160,17 +160,7 @@ impl BlockAssembler {
                     });
                 }
                 OutputEvent::ToolCallStart { name } => {
-                    events.extend(self.close());
-                    let block = ContentBlock::ToolUse {
-                        id: super::ids::tool_use_id(),
-                        name,
-                        input: Value::Object(Default::default()),
-                    };
-                    let index = self.start(block.clone());
-                    events.push(BlockEvent::Start { index, block });
-                    self.open = Open::ToolUse {
-                        streamed_input: false,
-                    };
+                    events.extend(self.start_tool_use(name));
                 }
                 OutputEvent::ToolCallInput(fragment) => {
                     if let Open::ToolUse { streamed_input } = &mut self.open {
@@ -184,17 +174,7 @@ impl BlockAssembler {
                 OutputEvent::ToolCallEnd { name, input } => {
                     let started = matches!(self.open, Open::ToolUse { .. });
                     if !started {
-                        events.extend(self.close());
-                        let block = ContentBlock::ToolUse {
-                            id: super::ids::tool_use_id(),
-                            name,
-                            input: Value::Object(Default::default()),
-                        };
-                        let index = self.start(block.clone());
-                        events.push(BlockEvent::Start { index, block });
-                        self.open = Open::ToolUse {
-                            streamed_input: false,
-                        };
+                        events.extend(self.start_tool_use(name));
                     }
                     if let Open::ToolUse {
                         streamed_input: false,
@@ -213,6 +193,22 @@ impl BlockAssembler {
                 }
             }
         }
+        events
+    }
+
+    /// Closes the open block and opens a `tool_use` block with a fresh id.
+    fn start_tool_use(&mut self, name: String) -> Vec<BlockEvent> {
+        let mut events = self.close();
+        let block = ContentBlock::ToolUse {
+            id: super::ids::tool_use_id(),
+            name,
+            input: Value::Object(Default::default()),
+        };
+        let index = self.start(block.clone());
+        events.push(BlockEvent::Start { index, block });
+        self.open = Open::ToolUse {
+            streamed_input: false,
+        };
         events
     }
 
