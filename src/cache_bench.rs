@@ -1,6 +1,7 @@
 //! The prompt-cache benchmark: a five-turn agent conversation (a ~2k-token
-//! coding-agent system prompt with tool definitions, then a growing history
-//! of questions, answers and file contents) sent to `showdown serve` over
+//! coding-agent system prompt with the sandbox's tool definitions, then a
+//! growing history of tool calls and their real results on a fixture
+//! repository, as Claude Code's turns grow) sent to `showdown serve` over
 //! loopback, streamed, timing each turn's time to first token as a client
 //! sees it — once with the prefix cache and once without.
 
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 use showdown_engine::Engine;
 
 use crate::api::{serve_on, AppState, PromptCacheConfig, ServeConfig};
+use crate::eval::Sandbox;
 use crate::models::ResolvedModel;
 
 /// One turn's figures.
@@ -51,17 +53,30 @@ pub async fn run_cache_bench(
     let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(serve_on(listener, state));
     let client = reqwest::Client::new();
-    let mut messages: Vec<Value> = Vec::new();
+    let sandbox = Sandbox::new(bench_fixture()).context("the benchmark's fixture repository")?;
+    let mut messages: Vec<Value> = vec![json!({"role": "user", "content": FIRST_QUESTION})];
     let mut rows = Vec::new();
     for turn in 1..=turns {
-        messages.push(json!({"role": "user", "content": user_turn(turn)}));
+        if turn > 1 {
+            // The agent's next step: a tool call, and the sandbox's real answer.
+            let (tool, input) = agent_step(turn - 2);
+            let id = format!("toolu_bench{turn:02}");
+            let output = sandbox.run(tool, &input);
+            messages.push(json!({"role": "assistant", "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": id, "name": tool, "input": input},
+            ]}));
+            messages.push(json!({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": id, "content": output.content, "is_error": output.is_error},
+            ]}));
+        }
         let body = json!({
             "model": name,
             "max_tokens": 24,
             "temperature": 0,
             "stream": true,
             "system": [{"type": "text", "text": agent_system_prompt(), "cache_control": {"type": "ephemeral"}}],
-            "tools": agent_tools(),
+            "tools": Sandbox::tool_definitions(),
             "tool_choice": {"type": "none"},
             "messages": messages,
         });
@@ -77,7 +92,6 @@ pub async fn run_cache_bench(
         }
         let mut events = response.bytes_stream().eventsource();
         let mut ttft_ms = None;
-        let mut text = String::new();
         let mut usage = Value::Null;
         while let Some(event) = events.next().await {
             let event = event.context("reading the stream")?;
@@ -85,7 +99,6 @@ pub async fn run_cache_bench(
             match event.event.as_str() {
                 "content_block_delta" => {
                     ttft_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
-                    text.push_str(data["delta"]["text"].as_str().unwrap_or_default());
                 }
                 "message_delta" => usage = data["usage"].clone(),
                 "error" => bail!("turn {turn}: {data}"),
@@ -102,7 +115,8 @@ pub async fn run_cache_bench(
             cache_read_tokens: read,
             ttft_ms: ttft_ms.unwrap_or_else(|| started.elapsed().as_secs_f64() * 1000.0),
         });
-        messages.push(json!({"role": "assistant", "content": text}));
+        // The answer itself is not kept: the next turn replays the agent's
+        // scripted step, so cache on and off send the same prompts.
     }
     server.abort();
     Ok(rows)
@@ -136,28 +150,25 @@ fn agent_system_prompt() -> String {
     prompt
 }
 
-fn agent_tools() -> Value {
-    json!([
-        {"name": "Read", "description": "Reads a file from the repository.",
-         "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}, "offset": {"type": "integer"}, "limit": {"type": "integer"}}, "required": ["file_path"]}},
-        {"name": "Glob", "description": "Finds files by glob pattern.",
-         "input_schema": {"type": "object", "properties": {"pattern": {"type": "string"}, "path": {"type": "string"}}, "required": ["pattern"]}},
-        {"name": "Grep", "description": "Searches file contents with a regular expression.",
-         "input_schema": {"type": "object", "properties": {"pattern": {"type": "string"}, "path": {"type": "string"}, "glob": {"type": "string"}}, "required": ["pattern"]}},
-        {"name": "LS", "description": "Lists a directory.",
-         "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}
-    ])
+/// The user's request, the seed's own.
+const FIRST_QUESTION: &str = "What's this project about? Answer in 100 words or less.";
+
+/// The fixture the agent explores: a small Go web service.
+fn bench_fixture() -> std::path::PathBuf {
+    crate::runner::default_suites_dir().join("../fixtures/repos/linkshrink")
 }
 
-/// The user's turn `n`: a question with a file's contents pasted in.
-fn user_turn(n: usize) -> String {
-    let mut text = format!("Turn {n}: here is src/module_{n}.rs. What does it do?\n\n```rust\n");
-    for line in 0..20 {
-        text.push_str(&format!(
-            "pub fn step_{n}_{line}(input: &[u8]) -> usize {{ input.iter().filter(|b| **b == b'{}').count() }}\n",
-            (b'a' + (line % 26) as u8) as char
-        ));
-    }
-    text.push_str("```");
-    text
+/// The agent's tool calls, in order: list, read the README, grep for the
+/// handlers, read the start of the main source file.
+fn agent_step(step: usize) -> (&'static str, Value) {
+    let steps = [
+        ("LS", json!({"path": "/repo"})),
+        ("Read", json!({"file_path": "/repo/README.md"})),
+        (
+            "Grep",
+            json!({"pattern": "func ", "output_mode": "content", "head_limit": 12}),
+        ),
+        ("Read", json!({"file_path": "/repo/main.go", "limit": 30})),
+    ];
+    steps[step % steps.len()].clone()
 }

@@ -55,6 +55,13 @@ pub enum Command {
     /// Compare two stored runs for quality and latency regressions; exit 1 on
     /// a regression.
     Compare(CompareArgs),
+    /// Compare two runs and keep one comment on a GitHub pull request up to
+    /// date with the report (posted on a regression, or always with
+    /// `--always`); exit 1 on a regression.
+    PrComment(PrCommentArgs),
+    /// Check a qualification profile's gates for a model (running what is
+    /// missing), print and store the verdict; exit 1 when not qualified.
+    Qualify(QualifyArgs),
 }
 
 /// `showdown compare …`
@@ -64,21 +71,9 @@ pub struct CompareArgs {
     pub base: String,
     /// The candidate: run id, `latest` or `latest:LABEL`.
     pub head: String,
-    /// The results database.
-    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
-    /// Thresholds file (default: evals/compare.toml when present).
-    #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
-    /// Significance level of the quality and latency tests (default 0.05).
-    #[arg(long)]
-    pub alpha: Option<f64>,
-    /// Smallest latency change flagged, as a fraction (default 0.10 = 10%).
-    #[arg(long)]
-    pub min_effect: Option<f64>,
-    /// Compare even when suite hashes, model sha256 or host differ.
-    #[arg(long)]
-    pub force: bool,
+    /// How to compare.
+    #[command(flatten)]
+    pub options: CompareOptions,
     /// Print the comparison as JSON instead of markdown.
     #[arg(long)]
     pub json: bool,
@@ -119,16 +114,143 @@ pub struct RunArgs {
     /// Environment variable holding the target's API key.
     #[arg(long)]
     pub api_key_env: Option<String>,
-    /// Branch under test (default: from GitHub Actions' environment).
+    /// What is under test, in git's terms.
+    #[command(flatten)]
+    pub git: GitArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Git metadata a run records; each defaults to GitHub Actions' environment
+/// (GITHUB_HEAD_REF / GITHUB_REF_NAME, GITHUB_SHA, the PR number in GITHUB_REF).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GitArgs {
+    /// Branch under test.
     #[arg(long)]
     pub git_branch: Option<String>,
-    /// Commit under test (default: from GitHub Actions' environment).
+    /// Commit under test.
     #[arg(long)]
     pub git_commit: Option<String>,
-    /// Pull request number (default: from GitHub Actions' environment).
+    /// Pull request number.
     #[arg(long)]
     pub pr: Option<u64>,
-    /// Print the report as JSON.
+}
+
+impl GitArgs {
+    /// The flags, completed from GitHub Actions' environment.
+    pub fn meta(&self) -> showdown::GitMeta {
+        showdown::GitMeta {
+            branch: self.git_branch.clone(),
+            commit: self.git_commit.clone(),
+            pr_number: self.pr,
+        }
+        .with_github_env()
+    }
+}
+
+/// The database and thresholds of a comparison.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareOptions {
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+    /// Thresholds file (default: evals/compare.toml when present).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Significance level of the quality and latency tests (default 0.05).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Smallest latency change flagged, as a fraction (default 0.10 = 10%).
+    #[arg(long)]
+    pub min_effect: Option<f64>,
+    /// Compare even when suite hashes, model sha256 or host differ.
+    #[arg(long)]
+    pub force: bool,
+    /// On a latency regression, run base and head again on this machine,
+    /// interleaved (base, head, head, base, …), and keep a latency flag only
+    /// if the reruns flag it too.
+    #[arg(long)]
+    pub confirm: bool,
+    /// The base build's `showdown` for `--confirm` (default: this binary,
+    /// which is only right when base and head differ in target or model).
+    #[arg(long, requires = "confirm")]
+    pub base_bin: Option<std::path::PathBuf>,
+    /// Reruns per side for `--confirm`.
+    #[arg(long, default_value_t = 2, requires = "confirm")]
+    pub confirm_rounds: u32,
+}
+
+/// `showdown pr-comment …`
+#[derive(Debug, clap::Args)]
+pub struct PrCommentArgs {
+    /// The repository, OWNER/NAME (default: GITHUB_REPOSITORY).
+    #[arg(long, env = "GITHUB_REPOSITORY")]
+    pub repo: String,
+    /// The pull request number (default: from GITHUB_REF, refs/pull/N/merge).
+    #[arg(long)]
+    pub pr: Option<u64>,
+    /// The baseline: run id, `latest` or `latest:LABEL`.
+    #[arg(long)]
+    pub base: String,
+    /// The candidate: run id, `latest` or `latest:LABEL`.
+    #[arg(long)]
+    pub head: String,
+    /// Comment even when nothing regressed.
+    #[arg(long)]
+    pub always: bool,
+    /// The dashboard's base URL, for links to the runs and the comparison.
+    #[arg(long)]
+    pub dashboard_url: Option<String>,
+    /// GitHub's REST API (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api: String,
+    /// Print the comment instead of posting it (no token needed).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How to compare.
+    #[command(flatten)]
+    pub compare: CompareOptions,
+}
+
+/// `showdown qualify …`
+#[derive(Debug, clap::Args)]
+pub struct QualifyArgs {
+    /// The profile (default: the file's default_profile).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Models to qualify (repeatable; default: the default model).
+    #[arg(long = "model", short)]
+    pub models: Vec<String>,
+    /// Judge this stored run (id, `latest` or `latest:LABEL`) instead of
+    /// finding or making runs.
+    #[arg(long, conflicts_with_all = ["models", "fresh", "target"])]
+    pub run: Option<String>,
+    /// Run every suite again even where a current run exists.
+    #[arg(long)]
+    pub fresh: bool,
+    /// A Messages endpoint URL instead of builtin:MODEL.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Environment variable holding the target's API key.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// The qualification file (default: evals/qualification.toml).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+    /// A label for runs made here (a branch, `nightly`).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Seed recorded with runs made here.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// What is under test, in git's terms.
+    #[command(flatten)]
+    pub git: GitArgs,
+    /// Print the verdicts as JSON.
     #[arg(long)]
     pub json: bool,
 }

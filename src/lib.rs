@@ -23,11 +23,16 @@
 //!   regressed against a base run ([`Comparison`], thresholds in
 //!   [`CompareConfig`]); [`render_markdown`] renders the report; the tests
 //!   ([`fisher_drop_p`], [`mann_whitney`], [`bootstrap_median_ratio`]) are public.
+//! - Qualification: [`QualificationFile`] profiles of gates per suite;
+//!   [`evaluate_qualification`] gives a [`Verdict`], [`render_verdicts`] prints it.
+//! - PR bot: [`PrCommenter`] keeps one comment per pull request (found by
+//!   [`COMMENT_MARKER`]) up to date through octocrab; [`render_pr_comment`].
 
 mod api;
 mod bench;
 mod cache_bench;
 mod eval;
+mod github;
 mod inference;
 mod models;
 mod report;
@@ -51,6 +56,10 @@ pub use eval::{
     CheckResult, CountBound, ExpectedCall, Sandbox, Suite, SuiteError, ToolCall as TranscriptCall,
     ToolOutput, Transcript, CATEGORIES, OUTPUT_LIMIT_BYTES, SCORER_VERSION, VIRTUAL_ROOT,
 };
+pub use github::{
+    render_pr_comment, CommentOutcome, DashboardLinks, GithubError, PrCommenter, PullRequest,
+    COMMENT_MARKER,
+};
 pub use inference::{load_engine, mib, GenerationReport};
 pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,
@@ -59,8 +68,10 @@ pub use models::{
 };
 pub use report::{
     bootstrap_median_ratio, comparability, compare, compare_metric, compare_stored, erfc,
-    fisher_drop_p, ln_factorial, mann_whitney, median, render_markdown, CaseFlip, CompareConfig,
-    Comparison, MannWhitney, MetricComparison, RunIdentity, SplitMix64, SuiteComparison,
+    evaluate_qualification, fisher_drop_p, ln_factorial, mann_whitney, median, render_markdown,
+    render_verdicts, CaseFlip, CompareConfig, Comparison, Confirmation, GateResult, MannWhitney,
+    MetricComparison, Profile, QualificationFile, RunIdentity, SplitMix64, SuiteComparison,
+    SuiteEvidence, SuiteGates, Verdict,
 };
 pub use runner::{
     default_suites_dir, load_named_suites, render_table, rescore_case, run as run_eval, run_agent,
@@ -69,7 +80,7 @@ pub use runner::{
 };
 pub use store::{
     now as store_now, CaseRecord, CheckRecord, HostInfo, NewRun, RequestMetrics, RunRow, Store,
-    StoredCase, SuiteRow,
+    StoredCase, StoredVerdict, SuiteRow,
 };
 pub use tools::{
     ParsedEvent, ToolCall, ToolCallConstraint, ToolCallFormat, ToolCallParser, ToolChoice,

@@ -2,7 +2,8 @@
 //! to one function in `commands/`. The work is done by the `showdown` library.
 //!
 //! Exit codes: 0 on success (and when stdout is closed early, as by `| head`),
-//! 1 when a command's verdict is negative (`compare` found a regression),
+//! 1 when a command's verdict is negative (`compare` found a regression,
+//! `qualify` a model not qualified),
 //! 2 on any error, printed with its full chain.
 
 mod cli;
@@ -19,7 +20,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) if err.is::<commands::Regressed>() => {
+        Err(err)
+            if err.is::<commands::Regressed>() || err.is::<commands::qualify::NotQualified>() =>
+        {
             eprintln!("{err}");
             ExitCode::from(1)
         }
@@ -48,6 +51,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rescore(args) => commands::runs::rescore(args),
         Command::Rerun(args) => commands::runs::rerun(args),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Qualify(args) => commands::qualify::run(args),
+        Command::PrComment(args) => commands::pr_comment::run(args),
     }
 }
 

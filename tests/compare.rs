@@ -478,8 +478,9 @@ async fn markdown_report_shows_verdict_tables_and_flips() {
 
 // ---- the binary ---------------------------------------------------------------
 
-/// A database with runs 1 (base), 2 (same), 3 (30% slower), 4 (other host).
-fn database(env: &TestEnv) -> String {
+/// A database with runs 1 (base), 2 (same), 3 (30% slower), 4 (other host),
+/// 5 (same speed, cases 3 and 7 flipped to failing).
+pub fn database(env: &TestEnv) -> String {
     let path = env.path("showdown.db");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = Store::open(&path).await.unwrap();
@@ -491,6 +492,10 @@ fn database(env: &TestEnv) -> String {
             ..PINS
         };
         store_run(&store, &other, "elsewhere", &cases(&ALL_PASS, 1000.0, 1)).await;
+        let mut flaky = ALL_PASS;
+        flaky[3] = false;
+        flaky[7] = false;
+        store_run(&store, &PINS, "flaky", &cases(&flaky, 1000.0, 1)).await;
     });
     path.to_string_lossy().into_owned()
 }
@@ -556,4 +561,187 @@ fn thresholds_come_from_the_config_file_and_flags() {
     compare(&["--config", bad.to_str().unwrap()])
         .failure()
         .stderr_has("min_efect");
+}
+
+// ---- --confirm ----------------------------------------------------------------
+
+#[test]
+fn confirmation_keeps_only_flags_the_reruns_reproduce() {
+    let env = TestEnv::new();
+    let db = database(&env);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(std::path::Path::new(&db)).await.unwrap();
+        // Runs 1 → 3 regressed (30% slower). Reruns that agree keep the flag…
+        let mut kept = compare_ids(&store, 1, 3, false).await;
+        let flagged = kept.regressions.len();
+        assert!(flagged > 0);
+        let agreeing = compare_ids(&store, 1, 3, false).await;
+        kept.confirm_latency(&agreeing, vec![10, 13], vec![11, 12]);
+        assert!(kept.regressed());
+        assert_eq!(kept.regressions.len(), flagged);
+        let confirmation = kept.confirmation.as_ref().unwrap();
+        assert!(confirmation
+            .reproduced
+            .contains(&"speed e2e_ms".to_string()));
+        assert!(confirmation.dropped.is_empty());
+        // …reruns at the same speed (runs 1 and 2) drop it: clean again.
+        let mut dropped = compare_ids(&store, 1, 3, false).await;
+        let same = compare_ids(&store, 1, 2, false).await;
+        dropped.confirm_latency(&same, vec![10, 13], vec![11, 12]);
+        assert!(!dropped.regressed(), "{:?}", dropped.regressions);
+        assert_eq!(dropped.verdict, "clean");
+        assert!(dropped.suites[0].latency.iter().all(|m| !m.regressed));
+        let confirmation = dropped.confirmation.as_ref().unwrap();
+        assert!(confirmation.dropped.contains(&"speed e2e_ms".to_string()));
+        let text = render_markdown(&dropped).unwrap();
+        assert!(
+            text.contains("not reproduced, dropped: speed e2e_ms"),
+            "{text}"
+        );
+    });
+}
+
+const TWO_CASES: &str = r#"
+name = "tiny"
+version = 1
+description = "Two short answers"
+
+[defaults]
+max_tokens = 12
+max_turns = 1
+temperature = 0.0
+
+[[case]]
+id = "arithmetic"
+category = "word_limit"
+prompt = "What is 2 + 2? Answer in fewer than 10 words."
+[[case.check]]
+kind = "max_words"
+limit = 9
+
+[[case]]
+id = "colour"
+category = "word_limit"
+prompt = "Name a colour in one word."
+[[case.check]]
+kind = "max_words"
+limit = 1
+"#;
+
+/// The real engine reruns both sides (ABBA) of a synthetic 30% slowdown of
+/// `builtin:smollm2-135m`; at alpha 0.01 four requests a side can never be
+/// significant, so the flag is dropped whatever the machine does.
+#[test]
+fn confirm_reruns_base_and_head_interleaved_on_the_real_engine() {
+    let env = TestEnv::new();
+    let suite_path = env.write("evals/tiny.toml", TWO_CASES);
+    let suite = showdown::load_suite(&suite_path).unwrap();
+    let sha = showdown::Catalogue::embedded()
+        .unwrap()
+        .get("smollm2-135m")
+        .unwrap()
+        .sha256
+        .clone();
+    let db = env.path("showdown.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(&db).await.unwrap();
+        for center in [1000.0, 1300.0] {
+            let id = store
+                .create_run(&NewRun {
+                    label: None,
+                    target: "builtin:smollm2-135m".into(),
+                    model: "smollm2-135m".into(),
+                    model_sha256: Some(sha.clone()),
+                    engine_version: "0.1.0".into(),
+                    git_sha: None,
+                    scorer_version: "1".into(),
+                    sampling: json!({}),
+                    seed: 0,
+                    repeat: 1,
+                    host: HostInfo::detect(),
+                    git_branch: None,
+                    git_commit: None,
+                    pr_number: None,
+                })
+                .await
+                .unwrap();
+            store
+                .add_suite(id, "tiny", 1, &suite.hash, suite.cases.len())
+                .await
+                .unwrap();
+            for (i, case) in suite.cases.iter().enumerate() {
+                let requests = noisy(center, 12, i as u64 + 1)
+                    .into_iter()
+                    .map(|e2e| RequestMetrics {
+                        ttft_ms: Some(e2e / 5.0),
+                        e2e_ms: e2e,
+                        input_tokens: 40,
+                        output_tokens: 8,
+                        ..Default::default()
+                    })
+                    .collect();
+                let record = CaseRecord {
+                    suite: "tiny".into(),
+                    case_id: case.id.clone(),
+                    sample: 0,
+                    category: None,
+                    must_pass: false,
+                    passed: true,
+                    score: 1.0,
+                    turns: 1,
+                    tool_calls: 0,
+                    wall_ms: 0.0,
+                    error: None,
+                    scorer_version: "1".into(),
+                    transcript: json!({}),
+                    checks: Vec::new(),
+                    requests,
+                };
+                store.record_case(id, &record).await.unwrap();
+            }
+            store.finish_run(id, "complete", None, None).await.unwrap();
+        }
+    });
+    let db = db.to_str().unwrap();
+    let compare = |extra: &[&str]| {
+        let mut args = vec!["compare", "1", "2", "--db", db, "--alpha", "0.01"];
+        args.extend_from_slice(extra);
+        env.showdown_with_models(&args)
+    };
+    // Without --confirm: a regression.
+    assert_eq!(compare(&[]).code, Some(1));
+    // The same build on both sides cannot confirm anything without --base-bin.
+    compare(&["--confirm"])
+        .failure()
+        .stderr_has("pass --base-bin PATH");
+    let run = compare(&[
+        "--confirm",
+        "--base-bin",
+        env!("CARGO_BIN_EXE_showdown"),
+        "--json",
+    ]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "dropped, so clean\n{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["verdict"], "clean");
+    // ABBA: base, head, head, base.
+    assert_eq!(report["confirmation"]["base_runs"], json!([3, 6]));
+    assert_eq!(report["confirmation"]["head_runs"], json!([4, 5]));
+    let dropped = report["confirmation"]["dropped"].as_array().unwrap();
+    assert!(dropped.contains(&json!("tiny e2e_ms")), "{dropped:?}");
+    // The reruns are real runs, labelled after the run they repeat.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(std::path::Path::new(db)).await.unwrap();
+        let rerun = store.run(4).await.unwrap().unwrap();
+        assert_eq!(rerun.label.as_deref(), Some("confirm:2"));
+        assert_eq!(rerun.status, "complete");
+        let cases = store.cases(4).await.unwrap();
+        assert_eq!(cases.len(), 2);
+        assert!(cases.iter().all(|c| c.record.requests[0].output_tokens > 0));
+    });
 }

@@ -1,9 +1,11 @@
 mod compare;
 mod engine;
 mod gemma3;
+mod github;
 mod models;
 mod moe;
 mod moe_gen;
+mod qualify;
 mod run;
 mod scoring;
 mod server;

@@ -14,6 +14,18 @@ pub struct TestEnv {
     dir: TempDir,
 }
 
+/// GitHub Actions' variables that showdown reads (tests clear them).
+const GITHUB_VARS: [&str; 8] = [
+    "GITHUB_TOKEN",
+    "GITHUB_REPOSITORY",
+    "GITHUB_REF",
+    "GITHUB_REF_NAME",
+    "GITHUB_HEAD_REF",
+    "GITHUB_SHA",
+    "GITHUB_API_URL",
+    "GITHUB_EVENT_NAME",
+];
+
 /// The outcome of one run of the binary.
 pub struct Run {
     /// The exit code (`None` if killed by a signal).
@@ -77,25 +89,58 @@ impl TestEnv {
     pub fn showdown(&self, args: &[&str]) -> Run {
         let models_file = self.path("models.toml");
         assert!(models_file.exists(), "write the models file first");
-        self.run(args, Some(&models_file))
+        self.run(args, Some(&models_file), &[])
     }
 
     /// Runs `showdown ARGS` with the models file built into the binary.
     pub fn showdown_embedded(&self, args: &[&str]) -> Run {
-        self.run(args, None)
+        self.run(args, None, &[])
     }
 
-    fn run(&self, args: &[&str], models_file: Option<&Path>) -> Run {
+    /// Runs `showdown ARGS` (embedded models file) with more environment.
+    pub fn showdown_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
+        self.run(args, None, vars)
+    }
+
+    /// Runs `showdown ARGS` with the user's model cache (where the README's
+    /// test command pulled the pinned models) and the embedded models file,
+    /// from the environment's own directory, so `evals/` there (if any) is
+    /// the suites directory.
+    pub fn showdown_with_models(&self, args: &[&str]) -> Run {
+        let mut command = self.command(None, &[]);
+        command
+            .env_remove("SHOWDOWN_HOME")
+            .args(args)
+            .current_dir(self.path(""));
+        Self::finish(command)
+    }
+
+    fn run(&self, args: &[&str], models_file: Option<&Path>, vars: &[(&str, &str)]) -> Run {
+        let mut command = self.command(models_file, vars);
+        command.args(args);
+        Self::finish(command)
+    }
+
+    fn command(&self, models_file: Option<&Path>, vars: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_showdown"));
         command
-            .args(args)
             .env("SHOWDOWN_HOME", self.home())
             .env("OLLAMA_MODELS", self.ollama_dir())
-            .env("TMPDIR", self.tmp_dir());
+            .env("TMPDIR", self.tmp_dir())
+            .env_remove("SHOWDOWN_DB");
+        // Hermetic under GitHub Actions too: its variables fill flags.
+        for var in GITHUB_VARS {
+            command.env_remove(var);
+        }
+        command.envs(vars.iter().copied());
         match models_file {
             Some(file) => command.env("SHOWDOWN_MODELS_FILE", file),
             None => command.env_remove("SHOWDOWN_MODELS_FILE"),
         };
+        command
+    }
+
+    fn finish(mut command: Command) -> Run {
         let output = command.output().expect("run the showdown binary");
         Run {
             code: output.status.code(),

@@ -7,6 +7,8 @@ pub mod cache_bench;
 pub mod compare;
 pub mod generate;
 pub mod models;
+pub mod pr_comment;
+pub mod qualify;
 pub mod run;
 pub mod runs;
 pub mod serve;

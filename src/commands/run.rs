@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use showdown::{
-    default_suites_dir, render_table, run_eval, GitMeta, ModelStore, RunOptions, DEFAULT_SUITES,
+    default_suites_dir, render_table, run_eval, ModelStore, RunOptions, DEFAULT_SUITES,
 };
 
 use crate::cli::RunArgs;
@@ -41,12 +41,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         label: args.label,
         db: args.db.clone(),
         api_key,
-        git: GitMeta {
-            branch: args.git_branch,
-            commit: args.git_commit,
-            pr_number: args.pr,
-        }
-        .with_github_env(),
+        git: args.git.meta(),
         progress: !args.json,
     };
     let report = tokio::runtime::Builder::new_multi_thread()

@@ -327,7 +327,7 @@ pub fn load_suite(path: impl AsRef<Path>) -> Result<Suite, SuiteError> {
 
 /// Files in the suites directory that configure commands rather than define
 /// suites (`compare.toml`: `showdown compare`'s thresholds).
-const NOT_SUITES: &[&str] = &["compare.toml"];
+const NOT_SUITES: &[&str] = &["compare.toml", "qualification.toml"];
 
 /// Loads every `*.toml` in `dir` (but [`NOT_SUITES`]), sorted by file name;
 /// suite names must be unique.

@@ -213,6 +213,22 @@ pub struct Comparison {
     pub regressions: Vec<String>,
     /// Per suite (suites in both runs, by name).
     pub suites: Vec<SuiteComparison>,
+    /// The reruns of `--confirm`, when latency regressed and it was asked.
+    pub confirmation: Option<Confirmation>,
+}
+
+/// What `--confirm` found: base and head run again, interleaved, on this
+/// machine; a latency flag stays only if the reruns flag it too.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confirmation {
+    /// The base side's reruns.
+    pub base_runs: Vec<i64>,
+    /// The head side's reruns.
+    pub head_runs: Vec<i64>,
+    /// `suite metric` flags the reruns reproduced.
+    pub reproduced: Vec<String>,
+    /// `suite metric` flags the reruns did not reproduce (dropped).
+    pub dropped: Vec<String>,
 }
 
 impl Comparison {
@@ -224,6 +240,65 @@ impl Comparison {
     /// Whether the suites were compared at all (comparable, or forced).
     pub fn compared(&self) -> bool {
         self.comparable || self.forced
+    }
+
+    /// The suites with a latency metric flagged.
+    pub fn latency_regressed_suites(&self) -> Vec<String> {
+        self.suites
+            .iter()
+            .filter(|s| s.latency.iter().any(|m| m.regressed))
+            .map(|s| s.suite.clone())
+            .collect()
+    }
+
+    /// Applies `--confirm`: `rerun` compares the pooled reruns of base and
+    /// head. Each latency flag is kept only where `rerun` flags the same
+    /// suite and metric; quality verdicts are untouched.
+    pub fn confirm_latency(
+        &mut self,
+        rerun: &Comparison,
+        base_runs: Vec<i64>,
+        head_runs: Vec<i64>,
+    ) {
+        let mut reproduced = Vec::new();
+        let mut dropped = Vec::new();
+        for suite in &mut self.suites {
+            for metric in suite.latency.iter_mut().filter(|m| m.regressed) {
+                let again = rerun
+                    .suites
+                    .iter()
+                    .find(|s| s.suite == suite.suite)
+                    .and_then(|s| s.latency.iter().find(|m| m.metric == metric.metric))
+                    .is_some_and(|m| m.regressed);
+                let name = format!("{} {}", suite.suite, metric.metric);
+                if again {
+                    reproduced.push(name);
+                } else {
+                    metric.regressed = false;
+                    dropped.push(name);
+                }
+            }
+            suite.regressed = suite.pass_count_dropped
+                || !suite.must_pass_regressions.is_empty()
+                || suite.latency.iter().any(|m| m.regressed);
+        }
+        self.regressions = self
+            .suites
+            .iter()
+            .flat_map(|s| describe_regressions(s, &self.config))
+            .collect();
+        self.verdict = if self.regressed() {
+            "regression"
+        } else {
+            "clean"
+        }
+        .to_string();
+        self.confirmation = Some(Confirmation {
+            base_runs,
+            head_runs,
+            reproduced,
+            dropped,
+        });
     }
 }
 
@@ -308,6 +383,7 @@ pub fn compare(
         verdict: String::new(),
         regressions: Vec::new(),
         suites: Vec::new(),
+        confirmation: None,
     };
     if comparison.compared() {
         let base_by_suite = by_suite(base_cases);

@@ -6,8 +6,10 @@ use anyhow::Result;
 use minijinja::{Environment, Value};
 
 use super::compare::Comparison;
+use super::qualify::Verdict;
 
 const COMPARE_TEMPLATE: &str = include_str!("../../templates/compare.md.j2");
+const QUALIFY_TEMPLATE: &str = include_str!("../../templates/qualify.md.j2");
 
 /// The comparison as markdown (a PR comment body, a CI log).
 pub fn render_markdown(comparison: &Comparison) -> Result<String> {
@@ -23,6 +25,42 @@ pub fn render_markdown(comparison: &Comparison) -> Result<String> {
         .get_template("compare.md")?
         .render(Value::from_serialize(comparison))?;
     Ok(text)
+}
+
+/// The verdicts of `showdown qualify` as markdown (a CI log, a step summary).
+pub fn render_verdicts(verdicts: &[Verdict], description: &str) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_filter("gate_value", gate_value);
+    env.add_template("qualify.md", QUALIFY_TEMPLATE)?;
+    let text = env
+        .get_template("qualify.md")?
+        .render(minijinja::context! {
+            verdicts => Value::from_serialize(verdicts),
+            description => description,
+        })?;
+    Ok(text)
+}
+
+/// A gate's value in its own unit: a pass rate as a percentage, a count as
+/// an integer, a latency or speed with one decimal.
+fn gate_value(gate: Value) -> String {
+    let value = gate
+        .get_attr("value")
+        .ok()
+        .and_then(|v| f64::try_from(v).ok());
+    let kind = gate
+        .get_attr("gate")
+        .ok()
+        .and_then(|g| g.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match (kind.as_str(), value) {
+        (_, None) => "–".into(),
+        ("pass_rate", Some(v)) => format!("{:.0}%", v * 100.0),
+        ("must_pass", Some(v)) => format!("{v:.0}"),
+        (_, Some(v)) => format!("{v:.1}"),
+    }
 }
 
 /// A signed percentage with one decimal: `+30.2%`; `–` for none.

@@ -16,6 +16,8 @@ use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
+use crate::report::{GateResult, Verdict};
+
 /// The machine a run ran on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HostInfo {
@@ -237,6 +239,25 @@ pub struct SuiteRow {
     pub hash: String,
     /// Cases in the suite.
     pub cases: i64,
+}
+
+/// A stored qualification verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredVerdict {
+    /// Row id.
+    pub id: i64,
+    /// The newest run the verdict used.
+    pub run_id: i64,
+    /// The profile.
+    pub profile: String,
+    /// The model.
+    pub model: String,
+    /// QUALIFIED or NOT.
+    pub qualified: bool,
+    /// Every gate with its value and limit.
+    pub gates: Vec<GateResult>,
+    /// When it was given (RFC 3339).
+    pub created_at: String,
 }
 
 /// A stored case result with its checks and request figures.
@@ -496,6 +517,70 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| r.get("id")))
+    }
+
+    /// Complete runs of `model` through `target`, newest first.
+    pub async fn complete_runs_of(&self, model: &str, target: &str) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM runs WHERE status = 'complete' AND model = ? AND target = ?
+             ORDER BY id DESC",
+        )
+        .bind(model)
+        .bind(target)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs = Vec::new();
+        for row in rows {
+            runs.push(self.run_from_row(&row).await?);
+        }
+        Ok(runs)
+    }
+
+    /// Stores a qualification verdict (against the newest run it used).
+    pub async fn record_qualification(&self, verdict: &Verdict) -> Result<i64> {
+        let run_id = verdict
+            .run_ids
+            .iter()
+            .max()
+            .context("a verdict with no run cannot be stored")?;
+        let id = sqlx::query(
+            "INSERT INTO qualifications (run_id, profile, model, qualified, gates_json, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(run_id)
+        .bind(&verdict.profile)
+        .bind(&verdict.model)
+        .bind(verdict.qualified)
+        .bind(serde_json::to_string(&verdict.gates)?)
+        .bind(now())
+        .execute(&self.pool)
+        .await?
+        .last_insert_rowid();
+        Ok(id)
+    }
+
+    /// The newest verdict per model and profile.
+    pub async fn latest_qualifications(&self) -> Result<Vec<StoredVerdict>> {
+        let rows = sqlx::query(
+            "SELECT * FROM qualifications WHERE id IN
+                 (SELECT MAX(id) FROM qualifications GROUP BY model, profile)
+             ORDER BY model, profile",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StoredVerdict {
+                id: row.get("id"),
+                run_id: row.get("run_id"),
+                profile: row.get("profile"),
+                model: row.get("model"),
+                qualified: row.get("qualified"),
+                gates: serde_json::from_str(&row.get::<String, _>("gates_json"))
+                    .unwrap_or_default(),
+                created_at: row.get("created_at"),
+            })
+            .collect())
     }
 
     /// A run id from a selector: a number, `latest` (the newest complete run)

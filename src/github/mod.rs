@@ -1,0 +1,298 @@
+//! The PR bot: one comment per pull request, found by a hidden marker and
+//! updated in place, posted through octocrab. GitHub's refusals become plain
+//! messages ([`GithubError`]); the token never appears in them.
+
+use anyhow::Result;
+use minijinja::{context, Environment};
+use octocrab::models::CommentId;
+use octocrab::Octocrab;
+use serde::Serialize;
+
+use crate::report::{render_markdown, Comparison};
+
+/// The hidden line that marks showdown's comment on a PR.
+pub const COMMENT_MARKER: &str = "<!-- showdown:pr-comment -->";
+
+const PR_COMMENT_TEMPLATE: &str = include_str!("../../templates/pr-comment.md.j2");
+
+/// Where to comment.
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    /// Repository owner.
+    pub owner: String,
+    /// Repository name.
+    pub repo: String,
+    /// Pull request number.
+    pub number: u64,
+}
+
+impl PullRequest {
+    /// `OWNER/NAME` and a number.
+    pub fn parse(repo: &str, number: u64) -> Result<Self, GithubError> {
+        match repo.split_once('/') {
+            Some((owner, name)) if !owner.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    owner: owner.to_string(),
+                    repo: name.to_string(),
+                    number,
+                })
+            }
+            _ => Err(GithubError::Usage(format!(
+                "--repo `{repo}`: expected OWNER/NAME"
+            ))),
+        }
+    }
+}
+
+/// What happened to the comment.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum CommentOutcome {
+    /// A new comment.
+    Created {
+        /// Its id.
+        id: u64,
+        /// Its page.
+        url: String,
+    },
+    /// The existing comment, rewritten.
+    Updated {
+        /// Its id.
+        id: u64,
+        /// Its page.
+        url: String,
+    },
+    /// Nothing to say (no regression, no earlier comment, no `--always`).
+    Skipped,
+}
+
+/// Why GitHub refused, in words a CI log reader can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum GithubError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// 401.
+    #[error("GitHub rejected the token (401 {0}); check GITHUB_TOKEN")]
+    Unauthorized(String),
+    /// 403 or 429 with the rate limit spent.
+    #[error("GitHub's rate limit is spent ({status} {message}){reset}; try again later")]
+    RateLimited {
+        /// The status.
+        status: u16,
+        /// GitHub's message.
+        message: String,
+        /// When it resets, if GitHub said.
+        reset: String,
+    },
+    /// 403 otherwise.
+    #[error("GitHub refused (403 {0}); the token needs write access to pull requests (permissions: pull-requests: write)")]
+    Forbidden(String),
+    /// 404.
+    #[error("GitHub found no {0} (404); check --repo and --pr, and that the token can see the repository")]
+    NotFound(String),
+    /// 422.
+    #[error("GitHub refused the comment as invalid (422 {0})")]
+    Invalid(String),
+    /// Any other status.
+    #[error("GitHub answered {status}: {message}")]
+    Status {
+        /// The status.
+        status: u16,
+        /// GitHub's message.
+        message: String,
+    },
+    /// No answer at all.
+    #[error("could not reach GitHub at {api}: {reason}")]
+    Network {
+        /// The API base.
+        api: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A GitHub REST client for one PR's comments.
+pub struct PrCommenter {
+    client: Octocrab,
+    api: String,
+}
+
+impl PrCommenter {
+    /// A client for `api` (`https://api.github.com`, or an Enterprise or test
+    /// server's base URL) authenticated with `token`.
+    pub fn new(api: &str, token: &str) -> Result<Self, GithubError> {
+        let client = Octocrab::builder()
+            .base_uri(api)
+            .map_err(|e| GithubError::Usage(format!("--github-api `{api}`: {e}")))?
+            .personal_token(token.to_string())
+            .build()
+            .map_err(|e| GithubError::Usage(format!("building the GitHub client: {e}")))?;
+        Ok(Self {
+            client,
+            api: api.to_string(),
+        })
+    }
+
+    /// The id of showdown's comment on the PR, looking through every page.
+    pub async fn find_comment(&self, pr: &PullRequest) -> Result<Option<u64>, GithubError> {
+        let issues = self.client.issues(&pr.owner, &pr.repo);
+        let mut page = issues
+            .list_comments(pr.number)
+            .per_page(100)
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "pull request"))?;
+        loop {
+            if let Some(comment) = page.items.iter().find(|c| {
+                c.body
+                    .as_deref()
+                    .is_some_and(|b| b.contains(COMMENT_MARKER))
+            }) {
+                return Ok(Some(comment.id.into_inner()));
+            }
+            match self
+                .client
+                .get_page(&page.next)
+                .await
+                .map_err(|e| self.explain(e, "pull request"))?
+            {
+                Some(next) => page = next,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Creates the comment, or rewrites the one already there. With `create`
+    /// false an absent comment is not created ([`CommentOutcome::Skipped`]).
+    pub async fn upsert(
+        &self,
+        pr: &PullRequest,
+        body: &str,
+        create: bool,
+    ) -> Result<CommentOutcome, GithubError> {
+        let issues = self.client.issues(&pr.owner, &pr.repo);
+        match self.find_comment(pr).await? {
+            Some(id) => {
+                // PATCH, as GitHub documents it (octocrab's update_comment
+                // sends POST, which github.com tolerates but not every proxy).
+                let route = format!(
+                    "/repos/{}/{}/issues/comments/{}",
+                    pr.owner,
+                    pr.repo,
+                    CommentId(id)
+                );
+                let comment: octocrab::models::issues::Comment = self
+                    .client
+                    .patch(route, Some(&serde_json::json!({ "body": body })))
+                    .await
+                    .map_err(|e| self.explain(e, "comment"))?;
+                Ok(CommentOutcome::Updated {
+                    id,
+                    url: comment.html_url.to_string(),
+                })
+            }
+            None if create => {
+                let comment = issues
+                    .create_comment(pr.number, body)
+                    .await
+                    .map_err(|e| self.explain(e, "pull request"))?;
+                Ok(CommentOutcome::Created {
+                    id: comment.id.into_inner(),
+                    url: comment.html_url.to_string(),
+                })
+            }
+            None => Ok(CommentOutcome::Skipped),
+        }
+    }
+
+    fn explain(&self, err: octocrab::Error, what: &str) -> GithubError {
+        match err {
+            octocrab::Error::GitHub { source, .. } => {
+                let status = source.status_code.as_u16();
+                let message = source.message.clone();
+                let remaining = source
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("x-ratelimit-remaining"))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let rate_limited = status == 429
+                    || (status == 403
+                        && (remaining.as_deref() == Some("0")
+                            || message.to_lowercase().contains("rate limit")));
+                match status {
+                    _ if rate_limited => GithubError::RateLimited {
+                        status,
+                        message,
+                        reset: source
+                            .rate_limit_reset_at()
+                            .map(|t| format!(", resets at {}", t.to_rfc3339()))
+                            .unwrap_or_default(),
+                    },
+                    401 => GithubError::Unauthorized(message),
+                    403 => GithubError::Forbidden(message),
+                    404 => GithubError::NotFound(what.to_string()),
+                    422 => GithubError::Invalid(message),
+                    _ => GithubError::Status { status, message },
+                }
+            }
+            other => GithubError::Network {
+                api: self.api.clone(),
+                reason: network_reason(&other),
+            },
+        }
+    }
+}
+
+/// The innermost cause of a transport failure (octocrab's own display adds a
+/// backtrace location).
+fn network_reason(err: &octocrab::Error) -> String {
+    let mut source: &dyn std::error::Error = err;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+/// Links to the dashboard's pages for the two runs and their comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct DashboardLinks {
+    /// The base run's page.
+    pub base: String,
+    /// The head run's page.
+    pub head: String,
+    /// The comparison page.
+    pub compare: String,
+}
+
+impl DashboardLinks {
+    /// Links under the dashboard's base URL.
+    pub fn new(dashboard_url: &str, base: i64, head: i64) -> Self {
+        let root = dashboard_url.trim_end_matches('/');
+        Self {
+            base: format!("{root}/runs/{base}"),
+            head: format!("{root}/runs/{head}"),
+            compare: format!("{root}/compare?base={base}&head={head}"),
+        }
+    }
+}
+
+/// The comment's body: the marker, the comparison's report and links.
+pub fn render_pr_comment(
+    comparison: &Comparison,
+    links: Option<&DashboardLinks>,
+    head_commit: Option<&str>,
+) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_template("pr-comment.md", PR_COMMENT_TEMPLATE)?;
+    let text = env.get_template("pr-comment.md")?.render(context! {
+        marker => COMMENT_MARKER,
+        report => render_markdown(comparison)?,
+        links => links,
+        head_commit => head_commit,
+    })?;
+    Ok(text)
+}
