@@ -55,6 +55,24 @@ pub enum Command {
     /// Compare two stored runs for quality and latency regressions; exit 1 on
     /// a regression.
     Compare(CompareArgs),
+    /// Serve the read-only dashboard (trends, runs, comparisons, models) over
+    /// a results database, without loading any model.
+    Dashboard(DashboardArgs),
+}
+
+/// `showdown dashboard …`
+#[derive(Debug, clap::Args)]
+pub struct DashboardArgs {
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub addr: std::net::SocketAddr,
+    /// Ask for this key (header, or `?key=` once in a browser) unless the
+    /// address is loopback.
+    #[arg(long, env = "SHOWDOWN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// `showdown compare …`
@@ -237,6 +255,9 @@ pub struct ServeArgs {
     /// Log prompt text (off by default; keys are never logged).
     #[arg(long)]
     pub log_prompts: bool,
+    /// The results database the dashboard (at /dashboard) shows.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
 }
 
 /// `showdown generate …`

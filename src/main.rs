@@ -48,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rescore(args) => commands::runs::rescore(args),
         Command::Rerun(args) => commands::runs::rerun(args),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Dashboard(args) => commands::dashboard::run(args),
     }
 }
 

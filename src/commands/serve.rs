@@ -1,10 +1,12 @@
-//! `showdown serve`: loads the models, then serves the Messages API until Ctrl-C.
+//! `showdown serve`: loads the models, then serves the Messages API, and the
+//! dashboard over `--db` at `/dashboard`, until Ctrl-C.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use showdown::{
-    load_engine, resolve_model, serve, AppState, ModelStore, PromptCacheConfig, ServeConfig,
+    dashboard_router, load_engine, resolve_model, serve_with, AppState, ModelStore,
+    PromptCacheConfig, ServeConfig,
 };
 
 use crate::cli::ServeArgs;
@@ -58,10 +60,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_mib << 20,
         log_prompts: args.log_prompts,
     };
+    let addr = config.addr;
+    let api_key = config.api_key.clone();
     let state = Arc::new(AppState::new(config, engines)?);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(state))
+        .block_on(async {
+            let dashboard = super::dashboard::state(&args.db, addr, api_key).await?;
+            serve_with(state, dashboard_router(dashboard)).await
+        })
 }
