@@ -9,7 +9,7 @@ use serde::Serialize;
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 200.0;
 /// Room for the y labels on the left and the x labels below.
-const LEFT: f64 = 56.0;
+const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 28.0;
@@ -120,6 +120,17 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// An axis label: short, the unit in the chart's title.
+    fn tick(self, v: f64) -> String {
+        match self {
+            Unit::Ratio => format!("{:.0}%", v * 100.0),
+            Unit::Bytes => format!("{:.0}", v / (1u64 << 20) as f64),
+            _ if v != 0.0 && v.abs() < 10.0 => format!("{v:.1}"),
+            _ => format!("{v:.0}"),
+        }
+    }
+
+    /// A value in a tooltip, with its unit.
     fn format(self, v: f64) -> String {
         match self {
             Unit::Ratio => format!("{:.0}%", v * 100.0),
@@ -158,7 +169,7 @@ pub fn line_chart(id: &str, title: &str, unit: Unit, lines: Vec<Line>) -> Chart 
             let v = top * i as f64 / 4.0;
             Tick {
                 at: round(y_of(v)),
-                label: unit.format(v),
+                label: unit.tick(v),
             }
         })
         .collect();
@@ -296,13 +307,14 @@ fn round(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
-/// The smallest 1, 2, 2.5 or 5 × 10ⁿ at or above `max` (1 for nothing).
+/// The smallest 1, 2, 4, 6 or 8 × 10ⁿ at or above `max` (1 for nothing):
+/// its quarters, the grid lines, are round numbers too.
 fn nice_ceiling(max: f64) -> f64 {
     if max <= 0.0 || !max.is_finite() {
         return 1.0;
     }
     let magnitude = 10f64.powf(max.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
+    [1.0, 2.0, 4.0, 6.0, 8.0, 10.0]
         .iter()
         .map(|m| m * magnitude)
         .find(|&c| c >= max)
@@ -329,11 +341,12 @@ mod tests {
     #[test]
     fn nice_ceilings() {
         assert_eq!(nice_ceiling(0.0), 1.0);
-        assert_eq!(nice_ceiling(7.0), 10.0);
+        assert_eq!(nice_ceiling(7.0), 8.0);
+        assert_eq!(nice_ceiling(9.0), 10.0);
         assert_eq!(nice_ceiling(1300.0), 2000.0);
-        assert_eq!(nice_ceiling(2100.0), 2500.0);
+        assert_eq!(nice_ceiling(2100.0), 4000.0);
         assert_eq!(nice_ceiling(2000.0), 2000.0);
-        assert_eq!(nice_ceiling(0.42), 0.5);
+        assert_eq!(nice_ceiling(4.2), 6.0);
     }
 
     #[test]
@@ -356,7 +369,8 @@ mod tests {
         assert!(points.windows(2).all(|w| w[0].x < w[1].x));
         // Larger values sit higher (smaller y); the axis goes up to 2000 ms.
         assert!(points[1].y < points[0].y && points[0].y < points[2].y);
-        assert_eq!(chart.y_ticks.last().unwrap().label, "2000 ms");
+        assert_eq!(chart.y_ticks.last().unwrap().label, "2000");
+        assert_eq!(chart.y_ticks[1].label, "500");
         assert!(points[1].regression && points[1].tooltip.contains("REGRESSION"));
         assert_eq!(chart.series[0].polyline.split(' ').count(), 3);
         assert!(!chart.empty);

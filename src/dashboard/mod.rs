@@ -453,11 +453,13 @@ mod filters {
         }
     }
 
-    /// Bytes as MiB.
+    /// Bytes as MiB, or GiB from 1 GiB up.
     pub fn mib(value: Value) -> String {
-        float(&value).map_or("–".into(), |v| {
-            format!("{:.1} MiB", v / (1u64 << 20) as f64)
-        })
+        match float(&value) {
+            None => "–".into(),
+            Some(v) if v >= (1u64 << 30) as f64 => format!("{:.1} GiB", v / (1u64 << 30) as f64),
+            Some(v) => format!("{:.1} MiB", v / (1u64 << 20) as f64),
+        }
     }
 
     /// A parameter count: `134.5M`, `30.5B`.

@@ -170,7 +170,7 @@ fn charts(points: &[SuitePoint]) -> Vec<Chart> {
         ),
         line_chart(
             "ttft",
-            "Time to first token",
+            "Time to first token (ms)",
             Unit::Millis,
             vec![
                 line("p50", "s0", &|p| p.summary.ttft_p50_ms, &latency("ttft_ms")),
@@ -179,7 +179,7 @@ fn charts(points: &[SuitePoint]) -> Vec<Chart> {
         ),
         line_chart(
             "e2e",
-            "Request time (e2e)",
+            "Request time, e2e (ms)",
             Unit::Millis,
             vec![
                 line("p50", "s0", &|p| p.summary.e2e_p50_ms, &latency("e2e_ms")),
@@ -188,7 +188,7 @@ fn charts(points: &[SuitePoint]) -> Vec<Chart> {
         ),
         line_chart(
             "decode",
-            "Decode speed (p50)",
+            "Decode speed, p50 (tok/s)",
             Unit::TokPerSec,
             vec![line(
                 "decode",
@@ -199,7 +199,7 @@ fn charts(points: &[SuitePoint]) -> Vec<Chart> {
         ),
         line_chart(
             "prefill",
-            "Prefill speed (p50)",
+            "Prefill speed, p50 (tok/s)",
             Unit::TokPerSec,
             vec![line(
                 "prefill",
@@ -221,7 +221,7 @@ fn charts(points: &[SuitePoint]) -> Vec<Chart> {
         ),
         line_chart(
             "peak_memory",
-            "Peak engine memory",
+            "Peak engine memory (MiB)",
             Unit::Bytes,
             vec![line(
                 "peak memory",
