@@ -230,6 +230,7 @@ async fn two_real_runs_show_in_overview_trends_run_pages_and_comparison() {
     assert!(row["e2e_p50_ms"].as_f64().unwrap() > 0.0);
     assert!(row["decode_tok_s_p50"].as_f64().unwrap() > 0.0);
     assert_eq!(row["sparkline"]["points"].as_array().unwrap().len(), 2);
+    assert_eq!(row["e2e_sparkline"]["points"].as_array().unwrap().len(), 2);
     let (_, html) = get(&format!("{base}/dashboard")).await;
     assert!(html.contains("href=\"/dashboard/trends?model=smollm2-135m&amp;suite=word-limit\""));
 
@@ -405,6 +406,17 @@ async fn regressions_flagged_by_compare_are_marked_on_the_trend() {
         .find(|r| r["model"] == "test-model")
         .unwrap();
     assert_eq!(row["latest_run"], f.tools);
+    // The e2e sparkline rings the slower run; the pass-rate one rings nothing.
+    let flagged = |spark: &str| -> Vec<bool> {
+        row[spark]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["regression"].as_bool().unwrap())
+            .collect()
+    };
+    assert_eq!(flagged("e2e_sparkline"), [false, false, true, false]);
+    assert_eq!(flagged("sparkline"), [false; 4]);
 }
 
 #[tokio::test]

@@ -120,13 +120,11 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// An axis label: short, the unit in the chart's title.
-    fn tick(self, v: f64) -> String {
+    /// What axis labels are divided by (bytes are labelled in MiB).
+    fn scale(self) -> f64 {
         match self {
-            Unit::Ratio => format!("{:.0}%", v * 100.0),
-            Unit::Bytes => format!("{:.0}", v / (1u64 << 20) as f64),
-            _ if v != 0.0 && v.abs() < 10.0 => format!("{v:.1}"),
-            _ => format!("{v:.0}"),
+            Unit::Bytes => (1u64 << 20) as f64,
+            _ => 1.0,
         }
     }
 
@@ -161,7 +159,7 @@ pub fn line_chart(id: &str, title: &str, unit: Unit, lines: Vec<Line>) -> Chart 
         .fold(0.0_f64, f64::max);
     let top = match unit {
         Unit::Ratio => 1.0,
-        _ => nice_ceiling(max),
+        _ => nice_ceiling(max / unit.scale()) * unit.scale(),
     };
     let y_of = |v: f64| TOP + plot_h * (1.0 - (v / top).clamp(0.0, 1.0));
     let y_ticks = (0..=4)
@@ -169,7 +167,15 @@ pub fn line_chart(id: &str, title: &str, unit: Unit, lines: Vec<Line>) -> Chart 
             let v = top * i as f64 / 4.0;
             Tick {
                 at: round(y_of(v)),
-                label: unit.tick(v),
+                label: match unit {
+                    Unit::Ratio => format!("{:.0}%", v * 100.0),
+                    // The unit is in the chart's title; as many decimals as the step needs.
+                    _ => format!(
+                        "{:.*}",
+                        decimals(top / unit.scale() / 4.0),
+                        v / unit.scale()
+                    ),
+                },
             }
         })
         .collect();
@@ -256,7 +262,8 @@ pub struct Sparkline {
 
 /// The last runs' values (0–1 ratios) as a sparkline.
 pub fn sparkline(values: Vec<RunValue>, unit: Unit) -> Sparkline {
-    let (width, height, pad) = (120.0, 28.0, 3.0);
+    // Padding leaves room for a regression ring at the edges.
+    let (width, height, pad) = (120.0, 30.0, 5.0);
     let n = values.len();
     let max = match unit {
         Unit::Ratio => 1.0,
@@ -293,6 +300,16 @@ pub fn sparkline(values: Vec<RunValue>, unit: Unit) -> Sparkline {
         polyline: polyline(&points),
         points,
     }
+}
+
+/// Decimals that write multiples of `step` exactly (up to 3).
+fn decimals(step: f64) -> usize {
+    (0..3)
+        .find(|&d| {
+            let scaled = step * 10f64.powi(d as i32);
+            (scaled - scaled.round()).abs() < 1e-9
+        })
+        .unwrap_or(3)
 }
 
 fn polyline(points: &[Point]) -> String {
@@ -347,6 +364,7 @@ mod tests {
         assert_eq!(nice_ceiling(2100.0), 4000.0);
         assert_eq!(nice_ceiling(2000.0), 2000.0);
         assert_eq!(nice_ceiling(4.2), 6.0);
+        assert_eq!((decimals(5.0), decimals(0.5), decimals(0.25)), (0, 1, 2));
     }
 
     #[test]
@@ -404,5 +422,18 @@ mod tests {
             }],
         );
         assert!(empty.empty);
+        // Memory is labelled in round MiB.
+        let memory = line_chart(
+            "m",
+            "m",
+            Unit::Bytes,
+            vec![Line {
+                name: "m".into(),
+                class: "s0".into(),
+                values: values(&[Some(355.0 * (1u64 << 20) as f64)]),
+            }],
+        );
+        let labels: Vec<&str> = memory.y_ticks.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["0", "100", "200", "300", "400"]);
     }
 }

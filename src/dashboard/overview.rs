@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::charts::{sparkline, RunValue, Sparkline, Unit};
 use super::history::{
     complete_runs, latest_qualifications, model_suites, suite_series, Qualification, Regression,
+    SuitePoint,
 };
 use super::{links, DashboardState, Failure, JsonFailure, PageFailure};
 
@@ -69,8 +70,10 @@ pub struct OverviewRow {
     pub latest_comparison: Option<Regression>,
     /// The model's newest qualification verdict (first profile by name).
     pub qualification: Option<Qualification>,
-    /// Pass rate over the last runs.
+    /// Pass rate over the last runs (quality regressions marked).
     pub sparkline: Sparkline,
+    /// Median request time over the last runs (latency regressions marked).
+    pub e2e_sparkline: Sparkline,
     /// The pair's trends page.
     pub trends_href: String,
     /// The newest run's page.
@@ -108,16 +111,21 @@ async fn overview(state: &DashboardState) -> Result<Overview, Failure> {
         let Some(latest) = points.last() else {
             continue;
         };
-        let spark = points[points.len().saturating_sub(SPARK_RUNS)..]
-            .iter()
-            .map(|p| RunValue {
-                run_id: p.run_id,
-                href: links::run(p.run_id),
-                context: p.started_at.chars().take(10).collect(),
-                value: Some(p.summary.pass_rate),
-                regression: p.comparison.as_ref().is_some_and(|c| c.quality),
-            })
-            .collect();
+        let last = &points[points.len().saturating_sub(SPARK_RUNS)..];
+        let spark = |value: &dyn Fn(&SuitePoint) -> Option<f64>,
+                     flagged: &dyn Fn(&Regression) -> bool| {
+            last.iter()
+                .map(|p| RunValue {
+                    run_id: p.run_id,
+                    href: links::run(p.run_id),
+                    context: p.started_at.chars().take(10).collect(),
+                    value: value(p),
+                    regression: p.comparison.as_ref().is_some_and(flagged),
+                })
+                .collect()
+        };
+        let pass_spark = spark(&|p| Some(p.summary.pass_rate), &|c| c.quality);
+        let e2e_spark = spark(&|p| p.summary.e2e_p50_ms, &|c| !c.metrics.is_empty());
         rows.push(OverviewRow {
             model: model.clone(),
             suite: suite.clone(),
@@ -134,7 +142,8 @@ async fn overview(state: &DashboardState) -> Result<Overview, Failure> {
             decode_tok_s_p50: latest.summary.decode_tok_s_p50,
             latest_comparison: latest.comparison.clone(),
             qualification: qualifications.iter().find(|q| q.model == model).cloned(),
-            sparkline: sparkline(spark, Unit::Ratio),
+            sparkline: sparkline(pass_spark, Unit::Ratio),
+            e2e_sparkline: sparkline(e2e_spark, Unit::Millis),
             trends_href: links::trends(&model, &suite, None, None),
             run_href: links::run(latest.run_id),
         });
