@@ -40,11 +40,19 @@ fn fixture() -> &'static Fixture {
 }
 
 fn build_fixture() -> Fixture {
-    let dir = tempfile::Builder::new()
-        .prefix("showdown-dashboard-")
-        .tempdir()
-        .unwrap()
-        .keep();
+    // Under target/ rather than the system temp dir: nothing drops a static,
+    // so each test process clears what earlier ones left.
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("dashboard-") {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = parent.join(format!("dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("showdown.db");
     let mut real = [0; 2];
     for slot in &mut real {
@@ -513,13 +521,19 @@ async fn the_key_is_asked_for_off_loopback_only() {
             .unwrap();
         assert_eq!(status(&r), 200, "{name}");
     }
-    // A browser: ?key= once, then the cookie it set.
+    // A browser: ?key= once, sent back without it, then the cookie it set.
     let r = client
-        .get(format!("{base}/dashboard/models?key=sesame"))
+        .get(format!(
+            "{base}/dashboard/trends?key=sesame&model=test-model"
+        ))
         .send()
         .await
         .unwrap();
-    assert_eq!(status(&r), 200);
+    assert_eq!(status(&r), 303);
+    assert_eq!(
+        r.headers()["location"],
+        "/dashboard/trends?model=test-model"
+    );
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
         cookie.contains("HttpOnly") && !cookie.contains("sesame"),
@@ -844,6 +858,7 @@ async fn a_browser_follows_links_to_a_trend_and_a_run_and_scripts_stay_text() {
     let png = browser.screenshot().await;
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshot.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     std::fs::write(&shot, &png).unwrap();
 
     browser

@@ -369,6 +369,21 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The path and query of `uri` less its `key` parameter.
+fn without_key(uri: &axum::http::Uri) -> String {
+    let rest: Vec<&str> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("key"))
+        .collect();
+    if rest.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), rest.join("&"))
+    }
+}
+
 /// Asks for the key when the dashboard was set up to.
 async fn require_key(
     State(state): State<DashboardState>,
@@ -382,16 +397,22 @@ async fn require_key(
     let is_api = request.uri().path().starts_with("/api/");
     match given {
         Some(hash) if constant_time_eq(&hash, &expected) => {
-            let mut response = next.run(request).await;
-            if from_query {
-                // Remember the key so links and forms work without it.
-                let cookie = format!(
-                    "{KEY_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-                    hex::encode(hash)
-                );
-                if let Ok(value) = HeaderValue::from_str(&cookie) {
-                    response.headers_mut().append(header::SET_COOKIE, value);
-                }
+            if !from_query {
+                return next.run(request).await;
+            }
+            // A browser: remember the key so links and forms work without it,
+            // and take it out of the address bar (and the history).
+            let mut response = if is_api {
+                next.run(request).await
+            } else {
+                Redirect::to(&without_key(request.uri())).into_response()
+            };
+            let cookie = format!(
+                "{KEY_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+                hex::encode(hash)
+            );
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().append(header::SET_COOKIE, value);
             }
             response
         }
