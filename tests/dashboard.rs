@@ -92,6 +92,16 @@ fn build_fixture() -> Fixture {
         .execute(store.pool())
         .await
         .unwrap();
+        // A verdict as `showdown qualify` records it.
+        sqlx::query(
+            "INSERT INTO qualifications (run_id, profile, model, qualified, gates_json, created_at)
+             VALUES (?, 'agent-coding', 'smollm2-135m', 0, ?, '2026-01-01T00:00:00Z')",
+        )
+        .bind(real[1])
+        .bind(r#"[{"gate": "word-limit pass rate", "value": 0.0, "limit": 0.8, "passed": false}]"#)
+        .execute(store.pool())
+        .await
+        .unwrap();
         let nightly = |sha| Pins { sha, ..PINS };
         let mut speed = [0; 3];
         for (slot, e2e) in speed.iter_mut().zip([1000.0, 1000.0, 1300.0]) {
@@ -239,7 +249,10 @@ async fn two_real_runs_show_in_overview_trends_run_pages_and_comparison() {
     assert!(row["decode_tok_s_p50"].as_f64().unwrap() > 0.0);
     assert_eq!(row["sparkline"]["points"].as_array().unwrap().len(), 2);
     assert_eq!(row["e2e_sparkline"]["points"].as_array().unwrap().len(), 2);
+    assert_eq!(row["qualification"]["profile"], "agent-coding");
+    assert_eq!(row["qualification"]["qualified"], false);
     let (_, html) = get(&format!("{base}/dashboard")).await;
+    assert!(html.contains("<span class=\"badge not-qualified\">not qualified</span>"));
     assert!(html.contains("href=\"/dashboard/trends?model=smollm2-135m&amp;suite=word-limit\""));
 
     let trends = get_json(&format!(
@@ -290,6 +303,8 @@ async fn two_real_runs_show_in_overview_trends_run_pages_and_comparison() {
         note,
         "What is 2 + 2? Answer in fewer than 10 words.",
         &format!("href=\"/dashboard/compare?base={first}&amp;head={second}\""),
+        "profile agent-coding",
+        "&quot;gate&quot;: &quot;word-limit pass rate&quot;",
     ] {
         assert!(html.contains(needle), "run page lacks {needle}");
     }

@@ -87,7 +87,6 @@ struct Inner {
     store: Store,
     models: Option<ModelStore>,
     compare: CompareConfig,
-    templates: Environment<'static>,
     /// The key's sha256, when requests must present the key.
     required_key_hash: Option<[u8; 32]>,
 }
@@ -107,8 +106,9 @@ pub struct DashboardConfig {
 }
 
 impl DashboardState {
-    /// Builds the state and the template environment.
+    /// Builds the state (and checks the embedded templates parse).
     pub fn new(config: DashboardConfig) -> anyhow::Result<Self> {
+        environment().map_err(|f| anyhow::anyhow!(f.message))?;
         let required_key_hash = config
             .api_key
             .filter(|_| !config.addr.ip().is_loopback())
@@ -118,7 +118,6 @@ impl DashboardState {
                 store: config.store,
                 models: config.models,
                 compare: config.compare,
-                templates: templates()?,
                 required_key_hash,
             }),
         })
@@ -130,16 +129,28 @@ impl DashboardState {
 
     /// Renders a page template with `context`.
     fn render(&self, name: &str, context: impl Serialize) -> Result<Html<String>, Failure> {
-        let template = self
-            .inner
-            .templates
-            .get_template(name)
-            .map_err(Failure::internal)?;
-        template
-            .render(context)
-            .map(Html)
-            .map_err(Failure::internal)
+        render(name, context)
     }
+}
+
+/// The embedded templates, parsed once.
+fn environment() -> Result<&'static Environment<'static>, Failure> {
+    static ENVIRONMENT: std::sync::OnceLock<Result<Environment<'static>, String>> =
+        std::sync::OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| templates().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(Failure::internal)
+}
+
+/// Renders an embedded template with `context`.
+fn render(name: &str, context: impl Serialize) -> Result<Html<String>, Failure> {
+    environment()?
+        .get_template(name)
+        .map_err(Failure::internal)?
+        .render(context)
+        .map(Html)
+        .map_err(Failure::internal)
 }
 
 /// The template environment: HTML escaping for every `.html.j2` template, and
@@ -258,16 +269,13 @@ impl From<Failure> for PageFailure {
 
 impl IntoResponse for PageFailure {
     fn into_response(self) -> Response {
-        let env = templates();
-        let html = env
-            .ok()
-            .and_then(|env| {
-                env.get_template("error.html.j2").ok()?.render(
-                    minijinja::context! { status => self.0.status.as_u16(), message => &self.0.message },
-                ).ok()
-            })
-            .unwrap_or_else(|| self.0.message.clone());
-        (self.0.status, Html(html)).into_response()
+        let Failure { status, message } = self.0;
+        let page = render(
+            "error.html.j2",
+            minijinja::context! { status => status.as_u16(), message => &message },
+        )
+        .map_or(message, |html| html.0);
+        (status, Html(page)).into_response()
     }
 }
 
