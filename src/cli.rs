@@ -255,7 +255,8 @@ pub struct ServeArgs {
     /// Log prompt text (off by default; keys are never logged).
     #[arg(long)]
     pub log_prompts: bool,
-    /// The results database the dashboard (at /dashboard) shows.
+    /// The results database the dashboard (at /dashboard) shows; without
+    /// that file the dashboard is not served.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
     pub db: std::path::PathBuf,
 }

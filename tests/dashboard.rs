@@ -662,6 +662,17 @@ fn showdown_dashboard_needs_a_database_and_serve_mounts_the_pages() {
         let r = client.get(format!("{base}/")).send().await.unwrap();
         assert!(r.text().await.unwrap().contains("Messages API"));
     });
+    drop(_server);
+
+    // Serving never creates a database: without one, no dashboard.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _server = spawn_showdown(&["serve", "--addr", &addr, "--db", missing.to_str().unwrap()]);
+    wait_for(&addr, Duration::from_secs(120));
+    rt.block_on(async {
+        assert_eq!(get(&format!("http://{addr}/dashboard")).await.0, 404);
+        assert_eq!(get(&format!("http://{addr}/v1/models")).await.0, 200);
+    });
+    assert!(!missing.exists());
 }
 
 // ---- a real browser -------------------------------------------------------------

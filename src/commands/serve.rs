@@ -1,11 +1,11 @@
 //! `showdown serve`: loads the models, then serves the Messages API, and the
-//! dashboard over `--db` at `/dashboard`, until Ctrl-C.
+//! dashboard over `--db` (when that file exists) at `/dashboard`, until Ctrl-C.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use showdown::{
-    dashboard_router, load_engine, resolve_model, serve_with, AppState, ModelStore,
+    dashboard_router, load_engine, resolve_model, serve, serve_with, AppState, ModelStore,
     PromptCacheConfig, ServeConfig,
 };
 
@@ -68,6 +68,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?
         .block_on(async {
+            // Serving the API must not leave a database file behind: the
+            // dashboard is mounted only over one that `showdown run` wrote.
+            if !args.db.is_file() {
+                eprintln!(
+                    "no results database at {}: serving without the dashboard (--db names one)",
+                    args.db.display()
+                );
+                return serve(state).await;
+            }
             let dashboard = super::dashboard::state(&args.db, addr, api_key).await?;
             serve_with(state, dashboard_router(dashboard)).await
         })
