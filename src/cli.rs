@@ -62,6 +62,24 @@ pub enum Command {
     /// Check a qualification profile's gates for a model (running what is
     /// missing), print and store the verdict; exit 1 when not qualified.
     Qualify(QualifyArgs),
+    /// Serve the read-only dashboard (trends, runs, comparisons, models) over
+    /// a results database, without loading any model.
+    Dashboard(DashboardArgs),
+}
+
+/// `showdown dashboard …`
+#[derive(Debug, clap::Args)]
+pub struct DashboardArgs {
+    /// The results database.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub addr: std::net::SocketAddr,
+    /// Ask for this key (header, or `?key=` once in a browser) unless the
+    /// address is loopback.
+    #[arg(long, env = "SHOWDOWN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// `showdown compare …`
@@ -359,6 +377,10 @@ pub struct ServeArgs {
     /// Log prompt text (off by default; keys are never logged).
     #[arg(long)]
     pub log_prompts: bool,
+    /// The results database the dashboard (at /dashboard) shows; without
+    /// that file the dashboard is not served.
+    #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
+    pub db: std::path::PathBuf,
 }
 
 /// `showdown generate …`

@@ -27,10 +27,13 @@
 //!   [`evaluate_qualification`] gives a [`Verdict`], [`render_verdicts`] prints it.
 //! - PR bot: [`PrCommenter`] keeps one comment per pull request (found by
 //!   [`COMMENT_MARKER`]) up to date through octocrab; [`render_pr_comment`].
+//! - Dashboard: [`dashboard_router`] serves the read-only pages and their JSON
+//!   over a results [`Store`] ([`DashboardState`] from a [`DashboardConfig`]).
 
 mod api;
 mod bench;
 mod cache_bench;
+mod dashboard;
 mod eval;
 mod github;
 mod inference;
@@ -41,7 +44,7 @@ mod store;
 mod tools;
 
 pub use api::{
-    app as server_app, serve, serve_on, ApiError, AppState, OutputEvent, OutputParser,
+    app as server_app, serve, serve_on, serve_with, ApiError, AppState, OutputEvent, OutputParser,
     PromptCacheConfig, ServeConfig, ServedModel, ToolPromptFormat,
 };
 pub use bench::{
@@ -49,6 +52,10 @@ pub use bench::{
     BenchTest,
 };
 pub use cache_bench::{run_cache_bench, CacheBenchTurn};
+pub use dashboard::{
+    router as dashboard_router, standalone_router as dashboard_standalone_router,
+    templates as dashboard_templates, DashboardConfig, DashboardState,
+};
 pub use eval::{
     agent_system_prompt, call_differences, call_schema_errors, count_bullets, count_sentences,
     count_words, load_suite, load_suite_with_fixtures, load_suites, normalize_string, score_case,

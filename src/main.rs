@@ -53,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => commands::compare::run(args),
         Command::Qualify(args) => commands::qualify::run(args),
         Command::PrComment(args) => commands::pr_comment::run(args),
+        Command::Dashboard(args) => commands::dashboard::run(args),
     }
 }
 

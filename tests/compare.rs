@@ -122,10 +122,10 @@ fn bootstrap_interval_is_seeded_and_covers_the_ratio() {
     assert_ne!(a, c, "another seed, another resampling");
 }
 
-// ---- synthetic runs -----------------------------------------------------------
+// ---- synthetic runs (shared with the dashboard tests) ------------------------
 
 /// `n` values around `center`, ±10% uniform noise, from `seed`.
-fn noisy(center: f64, n: usize, seed: u64) -> Vec<f64> {
+pub(crate) fn noisy(center: f64, n: usize, seed: u64) -> Vec<f64> {
     let mut rng = SplitMix64::new(seed);
     (0..n)
         .map(|_| {
@@ -137,13 +137,13 @@ fn noisy(center: f64, n: usize, seed: u64) -> Vec<f64> {
 
 /// What makes a run (not) comparable.
 #[derive(Clone)]
-struct Pins {
-    sha: &'static str,
-    cpu: &'static str,
-    suite_hash: &'static str,
+pub(crate) struct Pins {
+    pub sha: &'static str,
+    pub cpu: &'static str,
+    pub suite_hash: &'static str,
 }
 
-const PINS: Pins = Pins {
+pub(crate) const PINS: Pins = Pins {
     sha: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     cpu: "Test CPU",
     suite_hash: "1111111111111111111111111111111111111111111111111111111111111111",
@@ -151,7 +151,7 @@ const PINS: Pins = Pins {
 
 /// One case of a synthetic run: its verdict and one request per e2e value
 /// (TTFT a fifth of it, decode speed inversely proportional).
-struct CaseSpec {
+pub(crate) struct CaseSpec {
     id: String,
     must_pass: bool,
     passed: bool,
@@ -160,7 +160,7 @@ struct CaseSpec {
 
 /// `cases` cases passing as `passed` says, with 4 requests each around
 /// `e2e_center` ms (so 40 latency samples for 10 cases).
-fn cases(passed: &[bool], e2e_center: f64, seed: u64) -> Vec<CaseSpec> {
+pub(crate) fn cases(passed: &[bool], e2e_center: f64, seed: u64) -> Vec<CaseSpec> {
     let e2e = noisy(e2e_center, passed.len() * 4, seed);
     passed
         .iter()
@@ -174,7 +174,7 @@ fn cases(passed: &[bool], e2e_center: f64, seed: u64) -> Vec<CaseSpec> {
         .collect()
 }
 
-async fn store_run(store: &Store, pins: &Pins, label: &str, specs: &[CaseSpec]) -> i64 {
+pub(crate) async fn store_run(store: &Store, pins: &Pins, label: &str, specs: &[CaseSpec]) -> i64 {
     let run = NewRun {
         label: Some(label.to_string()),
         target: "builtin:test".into(),
@@ -238,7 +238,7 @@ async fn store_run(store: &Store, pins: &Pins, label: &str, specs: &[CaseSpec]) 
     id
 }
 
-const ALL_PASS: [bool; 10] = [true; 10];
+pub(crate) const ALL_PASS: [bool; 10] = [true; 10];
 
 async fn compare_ids(store: &Store, base: i64, head: i64, force: bool) -> Comparison {
     compare_stored(

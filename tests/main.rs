@@ -1,4 +1,5 @@
 mod compare;
+mod dashboard;
 mod engine;
 mod gemma3;
 mod github;

@@ -189,6 +189,40 @@ pub async fn serve(state: Arc<AppState>) -> Result<()> {
     serve_on(listener, state).await
 }
 
+/// Serves the API and `extra` routes (the dashboard) on the configured
+/// address until Ctrl-C. `extra` keeps its own middleware: the API's
+/// error envelope and key check stay on the API routes.
+pub async fn serve_with(state: Arc<AppState>, extra: Router) -> Result<()> {
+    let addr = state.config.addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "dashboard at /dashboard");
+    let app = app(state)
+        .merge(extra)
+        .layer(middleware::from_fn(browsers_to_dashboard));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving")
+}
+
+/// Sends a browser asking for `/` to the dashboard; API clients (and `HEAD /`
+/// health checks) still get the API's answer.
+async fn browsers_to_dashboard(request: Request, next: Next) -> Response {
+    let wants_html = request
+        .headers()
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if request.method() == Method::GET && request.uri().path() == "/" && wants_html {
+        return axum::response::Redirect::temporary("/dashboard").into_response();
+    }
+    next.run(request).await
+}
+
 /// Serves on `listener` (tests bind port 0) until Ctrl-C.
 pub async fn serve_on(listener: tokio::net::TcpListener, state: Arc<AppState>) -> Result<()> {
     tracing::info!(

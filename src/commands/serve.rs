@@ -1,10 +1,12 @@
-//! `showdown serve`: loads the models, then serves the Messages API until Ctrl-C.
+//! `showdown serve`: loads the models, then serves the Messages API, and the
+//! dashboard over `--db` (when that file exists) at `/dashboard`, until Ctrl-C.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use showdown::{
-    load_engine, resolve_model, serve, AppState, ModelStore, PromptCacheConfig, ServeConfig,
+    dashboard_router, load_engine, resolve_model, serve, serve_with, AppState, ModelStore,
+    PromptCacheConfig, ServeConfig,
 };
 
 use crate::cli::ServeArgs;
@@ -58,10 +60,24 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_mib << 20,
         log_prompts: args.log_prompts,
     };
+    let addr = config.addr;
+    let api_key = config.api_key.clone();
     let state = Arc::new(AppState::new(config, engines)?);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(state))
+        .block_on(async {
+            // Serving the API must not leave a database file behind: the
+            // dashboard is mounted only over one that `showdown run` wrote.
+            if !args.db.is_file() {
+                eprintln!(
+                    "no results database at {}: serving without the dashboard (--db names one)",
+                    args.db.display()
+                );
+                return serve(state).await;
+            }
+            let dashboard = super::dashboard::state(&args.db, addr, api_key).await?;
+            serve_with(state, dashboard_router(dashboard)).await
+        })
 }
