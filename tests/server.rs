@@ -298,6 +298,49 @@ async fn second_request_reads_the_cache() {
     assert!(second["input_tokens"].as_u64().unwrap() < 30);
 }
 
+/// Automatic caching: a top-level `cache_control` puts a breakpoint after the
+/// last block, so a follow-up turn reads the whole first conversation.
+#[tokio::test]
+async fn top_level_cache_control_caches_the_whole_prompt() {
+    let server = TestServer::start(ServeConfig::default());
+    let system = long_system(300, "b");
+    let first_turn = json!([{"role": "user", "content": "Name the first word."}]);
+    let request = |messages: &Value| {
+        json!({
+            "model": "smollm2-135m",
+            "max_tokens": 2,
+            "temperature": 0,
+            "cache_control": {"type": "ephemeral"},
+            "system": system,
+            "messages": messages,
+        })
+    };
+    let (status, first) = server.message(&request(&first_turn)).await;
+    assert_eq!(status, 200, "{first}");
+    let first = &first["usage"];
+    let total = prompt_total(first);
+    // Everything up to the end of the last block is written, not only the
+    // system prompt: only the template's assistant header follows it.
+    let written = first["cache_creation_input_tokens"].as_u64().unwrap();
+    assert!(written + 8 >= total && written > 300, "{first}");
+    let mut follow_up = first_turn.as_array().unwrap().clone();
+    follow_up.push(json!({"role": "assistant", "content": "The"}));
+    follow_up.push(json!({"role": "user", "content": "And the second?"}));
+    let (_, second) = server.message(&request(&Value::Array(follow_up))).await;
+    let read = second["usage"]["cache_read_input_tokens"].as_u64().unwrap();
+    assert!(read >= written, "{second}");
+    // It takes one of the four slots.
+    let mut too_many = request(&first_turn);
+    too_many["system"] = json!([
+        {"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "b", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "c", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "d", "cache_control": {"type": "ephemeral"}},
+    ]);
+    let (status, body) = server.message(&too_many).await;
+    assert_error(status, &body, 400, "invalid_request_error");
+}
+
 #[tokio::test]
 async fn no_prefix_cache_reads_nothing() {
     let mut config = ServeConfig::default();

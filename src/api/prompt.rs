@@ -129,7 +129,14 @@ pub fn build_prompt(
         }
     }
 
-    let turns = conversation_turns(&request.messages, tool_format, &mut marks)?;
+    let mut turns = conversation_turns(&request.messages, tool_format, &mut marks)?;
+    // Automatic caching (a top-level `cache_control`): a breakpoint after the
+    // last block (a slot of the four), unless that block carries one already.
+    if let (Some(cc), Some((_, last))) = (&request.cache_control, turns.last_mut()) {
+        if !last.trim_end().ends_with(MARK) {
+            marks.mark(last, cc);
+        }
+    }
     if marks.count() > MAX_BREAKPOINTS {
         return Err(ApiError::invalid(format!(
             "A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {}.",

@@ -38,6 +38,9 @@ pub struct MessagesRequest {
     /// How the model may use tools.
     #[serde(default)]
     pub tool_choice: Option<ToolChoiceParam>,
+    /// Automatic caching: a breakpoint on the last cacheable block.
+    #[serde(default)]
+    pub cache_control: Option<CacheControl>,
 }
 
 /// `system`: a string or text blocks.

@@ -241,6 +241,46 @@ pub struct SuiteRow {
     pub cases: i64,
 }
 
+/// `migrations/*.sql`, embedded in the binary: (version, description, SQL).
+/// The same versions, descriptions and checksums `sqlx::migrate!` would give,
+/// without building sqlx's proc macros (and a second SQLite) for the host.
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (1, "runs", include_str!("../../migrations/0001_runs.sql")),
+    (
+        2,
+        "qualifications",
+        include_str!("../../migrations/0002_qualifications.sql"),
+    ),
+];
+
+/// [`MIGRATIONS`] as a source for sqlx's migrator.
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        std::result::Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    sqlx::migrate::Migration::new(
+                        *version,
+                        (*description).into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        (*sql).into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
 /// A stored qualification verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredVerdict {
@@ -294,7 +334,9 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("opening {}", path.display()))?;
-        sqlx::migrate!("./migrations")
+        sqlx::migrate::Migrator::new(EmbeddedMigrations)
+            .await
+            .context("reading the embedded migrations")?
             .run(&pool)
             .await
             .with_context(|| format!("migrating {}", path.display()))?;
@@ -757,4 +799,32 @@ fn process_alive(pid: i64) -> bool {
         return true;
     }
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new file in `migrations/` must be listed in [`MIGRATIONS`] too.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "sql"))
+            .map(|path| {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&path).unwrap())
+            })
+            .collect();
+        files.sort();
+        let embedded: Vec<(String, String)> = MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                (format!("{version:04}_{description}.sql"), sql.to_string())
+            })
+            .collect();
+        assert_eq!(files, embedded);
+    }
 }
