@@ -52,7 +52,7 @@ fn gates_hold_or_fail_on_stored_figures() {
         let verdict = check("min_pass_rate = 0.9");
         assert!(!verdict.qualified);
         assert!(!verdict.gates[0].passed);
-        assert_eq!(verdict.gates[0].limit, "≥ 0.9");
+        assert_eq!(verdict.gates[0].limit, "≥ 90%");
 
         let verdict = check("max_p50_e2e_ms = 800\nmin_decode_tok_s = 1000");
         let failed: Vec<&str> = verdict

@@ -201,10 +201,11 @@ pub fn evaluate(
         };
         if let Some(min) = suite_gates.min_pass_rate {
             let value = summary.pass_rate;
+            // In percent, as the value is shown.
             push(
                 "pass_rate",
                 Some(value),
-                format!("≥ {min}"),
+                format!("≥ {}%", (min * 1000.0).round() / 10.0),
                 value >= min,
                 format!("{}/{} samples passed", summary.passed, summary.samples),
             );
