@@ -196,9 +196,20 @@ pub(crate) async fn store_run(store: &Store, pins: &Pins, label: &str, specs: &[
         git_commit: None,
         pr_number: None,
     };
-    let id = store.create_run(&run).await.unwrap();
+    store_synthetic(store, &run, "speed", pins.suite_hash, specs).await
+}
+
+/// Stores `run` with one suite whose cases are `specs`, and completes it.
+async fn store_synthetic(
+    store: &Store,
+    run: &NewRun,
+    suite: &str,
+    suite_hash: &str,
+    specs: &[CaseSpec],
+) -> i64 {
+    let id = store.create_run(run).await.unwrap();
     store
-        .add_suite(id, "speed", 1, pins.suite_hash, specs.len())
+        .add_suite(id, suite, 1, suite_hash, specs.len())
         .await
         .unwrap();
     for spec in specs {
@@ -216,7 +227,7 @@ pub(crate) async fn store_run(store: &Store, pins: &Pins, label: &str, specs: &[
             })
             .collect();
         let record = CaseRecord {
-            suite: "speed".into(),
+            suite: suite.into(),
             case_id: spec.id.clone(),
             sample: 0,
             category: None,
@@ -646,60 +657,34 @@ fn confirm_reruns_base_and_head_interleaved_on_the_real_engine() {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = Store::open(&db).await.unwrap();
         for center in [1000.0, 1300.0] {
-            let id = store
-                .create_run(&NewRun {
-                    label: None,
-                    target: "builtin:smollm2-135m".into(),
-                    model: "smollm2-135m".into(),
-                    model_sha256: Some(sha.clone()),
-                    engine_version: "0.1.0".into(),
-                    git_sha: None,
-                    scorer_version: "1".into(),
-                    sampling: json!({}),
-                    seed: 0,
-                    repeat: 1,
-                    host: HostInfo::detect(),
-                    git_branch: None,
-                    git_commit: None,
-                    pr_number: None,
-                })
-                .await
-                .unwrap();
-            store
-                .add_suite(id, "tiny", 1, &suite.hash, suite.cases.len())
-                .await
-                .unwrap();
-            for (i, case) in suite.cases.iter().enumerate() {
-                let requests = noisy(center, 12, i as u64 + 1)
-                    .into_iter()
-                    .map(|e2e| RequestMetrics {
-                        ttft_ms: Some(e2e / 5.0),
-                        e2e_ms: e2e,
-                        input_tokens: 40,
-                        output_tokens: 8,
-                        ..Default::default()
-                    })
-                    .collect();
-                let record = CaseRecord {
-                    suite: "tiny".into(),
-                    case_id: case.id.clone(),
-                    sample: 0,
-                    category: None,
+            let run = NewRun {
+                label: None,
+                target: "builtin:smollm2-135m".into(),
+                model: "smollm2-135m".into(),
+                model_sha256: Some(sha.clone()),
+                engine_version: "0.1.0".into(),
+                git_sha: None,
+                scorer_version: "1".into(),
+                sampling: json!({}),
+                seed: 0,
+                repeat: 1,
+                host: HostInfo::detect(),
+                git_branch: None,
+                git_commit: None,
+                pr_number: None,
+            };
+            let specs: Vec<CaseSpec> = suite
+                .cases
+                .iter()
+                .enumerate()
+                .map(|(i, case)| CaseSpec {
+                    id: case.id.clone(),
                     must_pass: false,
                     passed: true,
-                    score: 1.0,
-                    turns: 1,
-                    tool_calls: 0,
-                    wall_ms: 0.0,
-                    error: None,
-                    scorer_version: "1".into(),
-                    transcript: json!({}),
-                    checks: Vec::new(),
-                    requests,
-                };
-                store.record_case(id, &record).await.unwrap();
-            }
-            store.finish_run(id, "complete", None, None).await.unwrap();
+                    e2e_ms: noisy(center, 12, i as u64 + 1),
+                })
+                .collect();
+            store_synthetic(&store, &run, "tiny", &suite.hash, &specs).await;
         }
     });
     let db = db.to_str().unwrap();

@@ -529,11 +529,7 @@ impl Store {
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
-        let mut runs = Vec::new();
-        for row in rows {
-            runs.push(self.run_from_row(&row).await?);
-        }
-        Ok(runs)
+        self.runs_from_rows(&rows).await
     }
 
     /// One run.
@@ -571,11 +567,7 @@ impl Store {
         .bind(target)
         .fetch_all(&self.pool)
         .await?;
-        let mut runs = Vec::new();
-        for row in rows {
-            runs.push(self.run_from_row(&row).await?);
-        }
-        Ok(runs)
+        self.runs_from_rows(&rows).await
     }
 
     /// Stores a qualification verdict (against the newest run it used).
@@ -716,6 +708,14 @@ impl Store {
     /// The underlying pool (for read-only queries elsewhere, e.g. the dashboard).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    async fn runs_from_rows(&self, rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<RunRow>> {
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in rows {
+            runs.push(self.run_from_row(row).await?);
+        }
+        Ok(runs)
     }
 
     async fn run_from_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
