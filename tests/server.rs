@@ -785,7 +785,7 @@ async fn forced_tool_use_streams_input_json() {
     assert_eq!(block["name"], "get_weather");
     assert_eq!(block["input"], json!({}));
     let index = start.1["index"].clone();
-    let input: String = events
+    let fragments: Vec<String> = events
         .iter()
         .filter(|(n, d)| n == "content_block_delta" && d["index"] == index)
         .map(|(_, d)| {
@@ -793,6 +793,9 @@ async fn forced_tool_use_streams_input_json() {
             d["delta"]["partial_json"].as_str().unwrap().to_string()
         })
         .collect();
+    // The arguments stream as they are generated, a token or so at a time.
+    assert!(fragments.len() >= 4, "{fragments:?}");
+    let input = fragments.concat();
     let input: Value = serde_json::from_str(&input).expect("the streamed input is JSON");
     assert!(input["city"].is_string(), "{input}");
     assert!(

@@ -28,15 +28,20 @@ pub fn run(args: CacheBenchArgs) -> Result<()> {
     }
     println!("prompt cache on {reference}: TTFT per turn (client side, streamed)");
     println!(
-        "| turn | prompt tokens | cache read | TTFT cached (ms) | TTFT uncached (ms) | cached / uncached |"
+        "| turn | prompt tokens | cache read | new tokens (share) | TTFT cached (ms) | TTFT uncached (ms) | cached / uncached |"
     );
-    println!("|-----:|--------------:|-----------:|-----------------:|-------------------:|------------------:|");
+    println!("|-----:|--------------:|-----------:|-------------------:|-----------------:|-------------------:|------------------:|");
     for (cached, uncached) in runs[0].iter().zip(&runs[1]) {
+        let new_tokens = cached.prompt_tokens - cached.cache_read_tokens;
         println!(
-            "| {:>4} | {:>13} | {:>10} | {:>16.0} | {:>18.0} | {:>16.1}% |",
+            "| {:>4} | {:>13} | {:>10} | {:>18} | {:>16.0} | {:>18.0} | {:>16.1}% |",
             cached.turn,
             cached.prompt_tokens,
             cached.cache_read_tokens,
+            format!(
+                "{new_tokens} ({:.0}%)",
+                100.0 * new_tokens as f64 / cached.prompt_tokens.max(1) as f64
+            ),
             cached.ttft_ms,
             uncached.ttft_ms,
             100.0 * cached.ttft_ms / uncached.ttft_ms

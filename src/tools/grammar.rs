@@ -370,4 +370,13 @@ impl TokenizerEnv for TokenizerBytes {
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
         self.trie.greedy_tokenize(s)
     }
+
+    /// Greedy tokenization is not what BPE or SentencePiece would produce,
+    /// and a model may write text in any tokenization. Saying so keeps
+    /// llguidance from forcing its own split of text the grammar fixes (it
+    /// allowed only `"}` after `"celsius`, masking the `"` then `}}` that
+    /// SmolLM2's tokenizer writes).
+    fn tokenize_is_canonical(&self) -> bool {
+        false
+    }
 }

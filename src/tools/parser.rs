@@ -5,17 +5,25 @@
 //!
 //! A call is `START body END` where the body is the JSON
 //! `{"name": ..., "arguments": {...}}` (`"parameters"` is accepted for
-//! `"arguments"`, and arguments written as a JSON string are decoded). The
-//! call is reported when its end marker arrives, as `ToolCallStart`, one
-//! `ToolCallInput` holding the whole arguments JSON, and `ToolCallEnd`.
+//! `"arguments"`, and arguments written as a JSON string are decoded).
 //!
-//! Malformed calls: an end marker whose body is not such JSON is taken to lie
-//! inside the JSON (a string holding the marker) and parsing goes on; a call
-//! that never gets a well-formed body by [`ToolCallParser::finish`] is emitted
-//! as text, markers included. A call cut off before its end marker (at
-//! `max_tokens`, or a model that stops right after the JSON) still counts
-//! when its body parses. Whitespace between calls, and after the last one,
-//! is dropped.
+//! In the usual shape (name first, then an arguments object, as the tool
+//! grammar writes it) the call streams: `ToolCallStart` as soon as
+//! `"arguments": {` is read, then `ToolCallInput` fragments of the arguments
+//! JSON as they are generated, then `ToolCallEnd` at the end marker. A call
+//! cut off inside its arguments (at `max_tokens`) is closed: the parser adds
+//! the quotes and brackets the JSON needs, as a last fragment, so the
+//! fragments always concatenate to the reported input. A character that
+//! cannot continue the JSON (an end marker where a value should be) ends the
+//! call the same way, and what follows is read as output again.
+//!
+//! Any other shape is reported whole when its end marker arrives. An end
+//! marker whose body is not such JSON is taken to lie inside the JSON (a
+//! string holding the marker) and parsing goes on; a call that never gets a
+//! well-formed body by [`ToolCallParser::finish`] is emitted as text,
+//! markers included. A call cut off before its end marker still counts when
+//! its body parses. Whitespace between calls, and after the last one, is
+//! dropped.
 
 use serde_json::Value;
 
@@ -32,7 +40,7 @@ pub enum ParsedEvent {
         name: String,
     },
     /// A fragment of the call's input JSON (concatenated, the fragments of a
-    /// call make its input; currently one fragment with all of it).
+    /// call make its input).
     ToolCallInput(String),
     /// The call is complete.
     ToolCallEnd(ToolCall),
@@ -45,6 +53,8 @@ pub struct ToolCallParser {
     /// Text not yet emitted (outside a call) or the call body so far.
     buf: String,
     in_call: bool,
+    /// Inside a call: how far it has been read.
+    call: CallState,
     /// Inside a call: how much of `buf` has been searched for the end marker.
     searched: usize,
     /// Just after a call: leading whitespace is dropped.
@@ -58,6 +68,7 @@ impl ToolCallParser {
             end: format.call_end(),
             buf: String::new(),
             in_call: false,
+            call: CallState::Header,
             searched: 0,
             after_call: false,
         }
@@ -84,6 +95,7 @@ impl ToolCallParser {
                     push_text(&mut events, &self.buf[..at]);
                     self.buf.drain(..at + self.start.len());
                     self.in_call = true;
+                    self.call = CallState::Header;
                     self.searched = 0;
                     self.after_call = false;
                     continue;
@@ -102,12 +114,21 @@ impl ToolCallParser {
     }
 
     /// Ends the output: flushes held-back text and any unterminated call.
-    pub fn finish(self) -> Vec<ParsedEvent> {
+    pub fn finish(mut self) -> Vec<ParsedEvent> {
         let mut events = Vec::new();
         if self.in_call {
-            match parse_call(&self.buf) {
-                Some(call) => push_call(&mut events, call),
-                None => push_text(&mut events, &format!("{}{}", self.start, self.buf)),
+            match std::mem::replace(&mut self.call, CallState::Header) {
+                CallState::Header | CallState::Whole => match parse_call(&self.buf) {
+                    Some(call) => push_call(&mut events, call),
+                    None => push_text(&mut events, &format!("{}{}", self.start, self.buf)),
+                },
+                CallState::Arguments { name, scan } => {
+                    let input = scan.close(&self.buf[..scan.read], &mut events);
+                    events.push(ParsedEvent::ToolCallEnd(ToolCall { name, input }));
+                }
+                CallState::Tail { name, input } => {
+                    events.push(ParsedEvent::ToolCallEnd(ToolCall { name, input }));
+                }
             }
         } else if !(self.after_call && self.buf.trim().is_empty()) {
             push_text(&mut events, &self.buf);
@@ -115,23 +136,278 @@ impl ToolCallParser {
         events
     }
 
-    /// Looks for a well-formed call body ending at an end marker; returns
-    /// whether one was found (and the parser is back to text).
+    /// Reads the call body so far; returns whether the state moved on (and
+    /// the caller should look again).
     fn scan_call(&mut self, events: &mut Vec<ParsedEvent>) -> bool {
-        while let Some(offset) = self.buf[self.searched..].find(self.end) {
-            let at = self.searched + offset;
-            if let Some(call) = parse_call(&self.buf[..at]) {
-                push_call(events, call);
-                self.buf.drain(..at + self.end.len());
-                self.in_call = false;
-                self.after_call = true;
-                return true;
+        match std::mem::replace(&mut self.call, CallState::Whole) {
+            CallState::Header => match read_header(&self.buf) {
+                Header::Incomplete => {
+                    self.call = CallState::Header;
+                    false
+                }
+                Header::Other => true,
+                Header::Complete { name, arguments_at } => {
+                    events.push(ParsedEvent::ToolCallStart { name: name.clone() });
+                    self.buf.drain(..arguments_at);
+                    self.call = CallState::Arguments {
+                        name,
+                        scan: ArgumentsScan::default(),
+                    };
+                    true
+                }
+            },
+            CallState::Arguments { name, mut scan } => match scan.advance(&self.buf, events) {
+                Scanned::More => {
+                    self.call = CallState::Arguments { name, scan };
+                    false
+                }
+                Scanned::Complete(end) => {
+                    let input = serde_json::from_str(&self.buf[..end])
+                        .unwrap_or_else(|_| Value::Object(Default::default()));
+                    self.buf.drain(..end);
+                    self.call = CallState::Tail { name, input };
+                    true
+                }
+                Scanned::Broken(at) => {
+                    let rest = self.buf[at..].trim_start();
+                    if rest.len() < self.end.len() && self.end.starts_with(rest) {
+                        // Perhaps the end marker: wait for the rest of it.
+                        self.call = CallState::Arguments { name, scan };
+                        return false;
+                    }
+                    let input = scan.close(&self.buf[..at], events);
+                    events.push(ParsedEvent::ToolCallEnd(ToolCall { name, input }));
+                    self.buf.drain(..at);
+                    let rest = self.buf.trim_start();
+                    if let Some(after) = rest.strip_prefix(self.end) {
+                        self.buf = after.to_string();
+                    }
+                    self.end_call();
+                    true
+                }
+            },
+            CallState::Tail { name, input } => match self.buf.find(self.end) {
+                Some(at) => {
+                    events.push(ParsedEvent::ToolCallEnd(ToolCall { name, input }));
+                    self.buf.drain(..at + self.end.len());
+                    self.end_call();
+                    true
+                }
+                None => {
+                    self.call = CallState::Tail { name, input };
+                    false
+                }
+            },
+            CallState::Whole => {
+                while let Some(offset) = self.buf[self.searched..].find(self.end) {
+                    let at = self.searched + offset;
+                    if let Some(call) = parse_call(&self.buf[..at]) {
+                        push_call(events, call);
+                        self.buf.drain(..at + self.end.len());
+                        self.end_call();
+                        return true;
+                    }
+                    self.searched = at + self.end.len();
+                }
+                // The next search starts where a partial end marker might begin.
+                self.searched = self.buf.len() - partial_suffix(&self.buf, self.end);
+                false
             }
-            self.searched = at + self.end.len();
         }
-        // The next search starts where a partial end marker might begin.
-        self.searched = self.buf.len() - partial_suffix(&self.buf, self.end);
-        false
+    }
+
+    fn end_call(&mut self) {
+        self.in_call = false;
+        self.call = CallState::Header;
+        self.after_call = true;
+    }
+}
+
+/// How far a call has been read.
+enum CallState {
+    /// Before `"arguments": {`; nothing reported yet.
+    Header,
+    /// Streaming the arguments object; `buf` starts at its `{`.
+    Arguments { name: String, scan: ArgumentsScan },
+    /// Arguments complete; waiting for the end marker.
+    Tail { name: String, input: Value },
+    /// Not the usual shape: reported whole at the end marker.
+    Whole,
+}
+
+enum Header {
+    /// Could still become the usual header.
+    Incomplete,
+    /// Some other shape.
+    Other,
+    /// `{"name": NAME, "arguments": ` read; the arguments object starts at
+    /// byte `arguments_at`.
+    Complete { name: String, arguments_at: usize },
+}
+
+/// Reads `{"name": "...", "arguments": {` (any whitespace) from the start of
+/// a call body.
+fn read_header(body: &str) -> Header {
+    /// Reads `expected` after whitespace: `Some(true)` read, `Some(false)`
+    /// not there yet, `None` something else.
+    fn literal(rest: &mut &str, expected: &str) -> Option<bool> {
+        *rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix(expected) {
+            *rest = after;
+            Some(true)
+        } else if expected.starts_with(*rest) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+    let mut rest = body;
+    for expected in ["{", "\"name\"", ":"] {
+        match literal(&mut rest, expected) {
+            Some(true) => {}
+            Some(false) => return Header::Incomplete,
+            None => return Header::Other,
+        }
+    }
+    rest = rest.trim_start();
+    if rest.is_empty() {
+        return Header::Incomplete;
+    }
+    if !rest.starts_with('"') {
+        return Header::Other;
+    }
+    let Some(name_len) = string_end(rest) else {
+        return Header::Incomplete;
+    };
+    let Ok(name) = serde_json::from_str::<String>(&rest[..name_len]) else {
+        return Header::Other;
+    };
+    rest = &rest[name_len..];
+    for expected in [",", "\"arguments\"", ":", "{"] {
+        match literal(&mut rest, expected) {
+            Some(true) => {}
+            Some(false) => return Header::Incomplete,
+            None => return Header::Other,
+        }
+    }
+    Header::Complete {
+        name,
+        arguments_at: body.len() - rest.len() - 1,
+    }
+}
+
+/// The length of the JSON string at the start of `text` (which starts with
+/// `"`), quotes included, or `None` if it has not ended yet.
+fn string_end(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in text.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Where a JSON object being generated stands: open brackets, and whether
+/// it is inside a string.
+#[derive(Default)]
+struct ArgumentsScan {
+    /// Bytes read so far (and sent as fragments).
+    read: usize,
+    /// Open `{` and `[`, innermost last.
+    open: Vec<char>,
+    in_string: bool,
+    escaped: bool,
+}
+
+enum Scanned {
+    /// The object goes on.
+    More,
+    /// The object closed; it is the first this many bytes.
+    Complete(usize),
+    /// The byte at this offset cannot continue the JSON.
+    Broken(usize),
+}
+
+impl ArgumentsScan {
+    /// Reads `text` (the object so far, from its `{`) past what was read
+    /// before, sending what is new as a fragment.
+    fn advance(&mut self, text: &str, events: &mut Vec<ParsedEvent>) -> Scanned {
+        let start = self.read;
+        let mut outcome = Scanned::More;
+        for (i, c) in text[start..].char_indices() {
+            let at = start + i;
+            if self.in_string {
+                match c {
+                    _ if self.escaped => self.escaped = false,
+                    '\\' => self.escaped = true,
+                    '"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => self.in_string = true,
+                '{' => self.open.push('}'),
+                '[' => self.open.push(']'),
+                '}' | ']' => {
+                    if self.open.pop() != Some(c) {
+                        outcome = Scanned::Broken(at);
+                        break;
+                    }
+                    if self.open.is_empty() {
+                        outcome = Scanned::Complete(at + 1);
+                        break;
+                    }
+                }
+                ',' | ':' | '-' | '+' | '.' => {}
+                c if c.is_ascii_alphanumeric() || c.is_ascii_whitespace() => {}
+                _ => {
+                    outcome = Scanned::Broken(at);
+                    break;
+                }
+            }
+        }
+        let end = match outcome {
+            Scanned::More => text.len(),
+            Scanned::Complete(end) | Scanned::Broken(end) => end,
+        };
+        if end > start {
+            events.push(ParsedEvent::ToolCallInput(text[start..end].to_string()));
+        }
+        self.read = end;
+        outcome
+    }
+
+    /// Closes an object cut off after `text`: sends the closing text as a
+    /// last fragment and returns the parsed input. If no closing makes it
+    /// parse (cut inside a number or a literal), the input is empty.
+    fn close(&self, text: &str, events: &mut Vec<ParsedEvent>) -> Value {
+        let quote = match (self.in_string, self.escaped) {
+            (true, true) => "\\\"",
+            (true, false) => "\"",
+            _ => "",
+        };
+        let brackets: String = self.open.iter().rev().collect();
+        let candidates = [
+            format!("{quote}{brackets}"),
+            format!("{quote}: null{brackets}"),
+            format!("null{brackets}"),
+            format!("\"\": null{brackets}"),
+        ];
+        let text = text.trim_end();
+        for suffix in candidates {
+            if let Ok(input @ Value::Object(_)) = serde_json::from_str(&format!("{text}{suffix}")) {
+                if !suffix.is_empty() {
+                    events.push(ParsedEvent::ToolCallInput(suffix));
+                }
+                return input;
+            }
+        }
+        Value::Object(Default::default())
     }
 }
 
@@ -199,11 +475,23 @@ mod tests {
         merge_text(events)
     }
 
+    /// Joins adjacent text, and each call's input fragments into one (as
+    /// compact JSON, after checking they concatenate to the call's input).
     fn merge_text(events: Vec<ParsedEvent>) -> Vec<ParsedEvent> {
         let mut merged = Vec::new();
+        let mut fragments = String::new();
         for event in events {
             match event {
                 ParsedEvent::Text(text) => push_text(&mut merged, &text),
+                ParsedEvent::ToolCallInput(fragment) => fragments.push_str(&fragment),
+                ParsedEvent::ToolCallEnd(call) => {
+                    let streamed: Value = serde_json::from_str(&fragments)
+                        .unwrap_or_else(|e| panic!("fragments {fragments:?}: {e}"));
+                    assert_eq!(streamed, call.input, "fragments {fragments:?}");
+                    merged.push(ParsedEvent::ToolCallInput(streamed.to_string()));
+                    fragments.clear();
+                    merged.push(ParsedEvent::ToolCallEnd(call));
+                }
                 other => merged.push(other),
             }
         }
@@ -302,9 +590,93 @@ mod tests {
 
     #[test]
     fn malformed_call_is_emitted_as_text() {
-        let output = "<tool_call>\n{\"name\": \"bash\", \"arguments\": {\n</tool_call>\ndone";
+        let output = "<tool_call>\n{\"name\": \"bash\", \"args\": {\n</tool_call>\ndone";
         let got = collect(ToolCallFormat::Hermes, &[output]);
         assert_eq!(got, vec![ParsedEvent::Text(output.into())]);
+    }
+
+    #[test]
+    fn arguments_broken_off_by_the_end_marker_are_closed_there() {
+        let output =
+            "<tool_call>\n{\"name\": \"bash\", \"arguments\": {\"cmd\": [1, \n</tool_call>\ndone";
+        let expected = vec![
+            ParsedEvent::ToolCallStart {
+                name: "bash".into(),
+            },
+            // The comma was already sent: the array is closed with a null.
+            ParsedEvent::ToolCallInput(r#"{"cmd":[1,null]}"#.into()),
+            ParsedEvent::ToolCallEnd(call("bash", json!({"cmd": [1, null]}))),
+            ParsedEvent::Text("done".into()),
+        ];
+        check_all_splits(ToolCallFormat::Hermes, output, &expected);
+    }
+
+    #[test]
+    fn arguments_stream_as_they_are_generated() {
+        let mut parser = ToolCallFormat::Hermes.parser();
+        assert_eq!(parser.push("<tool_call>\n{\"name\": \"gr"), vec![]);
+        assert_eq!(
+            parser.push("ep\", \"arguments\": {\"pat"),
+            vec![
+                ParsedEvent::ToolCallStart {
+                    name: "grep".into()
+                },
+                ParsedEvent::ToolCallInput(r#"{"pat"#.into()),
+            ]
+        );
+        assert_eq!(
+            parser.push("tern\": \"fn }\"}"),
+            vec![ParsedEvent::ToolCallInput(r#"tern": "fn }"}"#.into())]
+        );
+        assert_eq!(parser.push("}\n</tool_"), vec![]);
+        assert_eq!(
+            parser.push("call>"),
+            vec![ParsedEvent::ToolCallEnd(call(
+                "grep",
+                json!({"pattern": "fn }"})
+            ))]
+        );
+    }
+
+    #[test]
+    fn a_call_cut_off_in_its_arguments_is_closed() {
+        for (output, input, closing) in [
+            (
+                r#"{"name": "f", "arguments": {"a": "x\"y"#,
+                json!({"a": "x\"y"}),
+                "\"}",
+            ),
+            (
+                r#"{"name": "f", "arguments": {"a": [1, {"b": 2"#,
+                json!({"a": [1, {"b": 2}]}),
+                "}]}",
+            ),
+            (
+                r#"{"name": "f", "arguments": {"a": "#,
+                json!({"a": null}),
+                "null}",
+            ),
+            (
+                r#"{"name": "f", "arguments": {"a"#,
+                json!({"a": null}),
+                "\": null}",
+            ),
+        ] {
+            let mut parser = ToolCallFormat::Hermes.parser();
+            let mut events = parser.push(&format!("<tool_call>{output}"));
+            events.extend(parser.finish());
+            assert_eq!(
+                events.last(),
+                Some(&ParsedEvent::ToolCallEnd(call("f", input.clone()))),
+                "{output}"
+            );
+            assert_eq!(
+                events[events.len() - 2],
+                ParsedEvent::ToolCallInput(closing.into()),
+                "{output}"
+            );
+            merge_text(events);
+        }
     }
 
     #[test]

@@ -17,9 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
-use crate::models::llama::{
-    attention, windowed_causal_mask, Activation, Mlp, RmsNorm, RotaryEmbedding,
-};
+use crate::models::attention::{attention, KeyMask};
+use crate::models::llama::{Activation, Mlp, RmsNorm, RotaryEmbedding};
 use crate::models::ModelInfo;
 
 /// Rotary base of the local (sliding-window) layers, fixed by Gemma 3.
@@ -168,13 +167,10 @@ impl Attention {
                 &q,
                 &k.narrow(2, kv_len - w, w)?,
                 &v.narrow(2, kv_len - w, w)?,
-                None,
+                KeyMask::All,
             )?,
-            _ if seq == 1 => attention(&q, &k, &v, None)?,
-            window => {
-                let mask = windowed_causal_mask(seq, offset, window, xs.device())?;
-                attention(&q, &k, &v, Some(&mask))?
-            }
+            _ if seq == 1 => attention(&q, &k, &v, KeyMask::All)?,
+            window => attention(&q, &k, &v, KeyMask::Causal { offset, window })?,
         };
         let y = y
             .transpose(1, 2)?

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
+use crate::models::attention::{attention, KeyMask};
 use crate::models::moe::SparseMoe;
 use crate::models::ModelInfo;
 
@@ -149,75 +150,6 @@ impl RotaryEmbedding {
     }
 }
 
-/// Additive causal mask `(seq, offset + seq)`: 0 where a query may look, -inf elsewhere.
-pub(crate) fn causal_mask(seq: usize, offset: usize, device: &Device) -> Result<Tensor> {
-    windowed_causal_mask(seq, offset, None, device)
-}
-
-/// Causal mask that, with `window = Some(w)`, also hides keys `w` or more
-/// positions behind the query (sliding-window attention, as llama.cpp and
-/// Hugging Face define it: a query sees itself and the `w - 1` keys before it).
-pub(crate) fn windowed_causal_mask(
-    seq: usize,
-    offset: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Tensor> {
-    let kv_len = offset + seq;
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| {
-            let query = offset + i;
-            (0..kv_len).map(move |key| {
-                let future = key > query;
-                let outside = window.is_some_and(|w| query - key.min(query) >= w);
-                if future || outside {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (seq, kv_len), device)?)
-}
-
-/// Repeats each key/value head `n_rep` times so grouped-query attention can
-/// run as plain multi-head attention (`(b, n_kv, L, d)` → `(b, n_kv * n_rep, L, d)`).
-pub(crate) fn repeat_kv(xs: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(xs.clone());
-    }
-    let (b, n_kv, len, d) = xs.dims4()?;
-    Ok(Tensor::cat(&vec![xs; n_rep], 2)?.reshape((b, n_kv * n_rep, len, d))?)
-}
-
-/// Scaled dot-product attention. `q`: `(1, n_head, seq, d)`, `k`/`v`:
-/// `(1, n_kv, kv_len, d)`, `mask`: additive `(seq, kv_len)`.
-///
-/// Written as candle-transformers' models write it (repeated kv heads, one
-/// matmul per step, divide by sqrt(d)) on purpose: candle's quantized matmuls
-/// round activations to 8 bits, so a last-bit difference in f32 attention can
-/// flip a rounding and grow into visibly different logits. Matching the
-/// oracle's float operations keeps parity exact, not merely close.
-pub(crate) fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (_, n_head, _, d) = q.dims4()?;
-    let n_rep = n_head / k.dim(1)?;
-    let k = repeat_kv(&k.contiguous()?, n_rep)?;
-    let v = repeat_kv(&v.contiguous()?, n_rep)?;
-    let att = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-    let att = match mask {
-        None => att,
-        Some(mask) => att.broadcast_add(mask)?,
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    Ok(att.matmul(&v)?)
-}
-
 #[derive(Debug, Clone)]
 struct Attention {
     q: QMatMul,
@@ -247,7 +179,7 @@ impl Attention {
         &self,
         xs: &Tensor,
         rope: &RotaryEmbedding,
-        mask: Option<&Tensor>,
+        mask: KeyMask,
         layer: usize,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
@@ -480,18 +412,17 @@ impl Model {
         let seq = tokens.len();
         let offset = cache.len();
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mask = (seq > 1)
-            .then(|| causal_mask(seq, offset, &self.device))
-            .transpose()?;
+        let mask = if seq > 1 {
+            KeyMask::causal(offset)
+        } else {
+            KeyMask::All
+        };
         let mut xs = self.embed.forward(&input)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn.forward(
-                &layer.attn_norm.forward(&xs)?,
-                &self.rope,
-                mask.as_ref(),
-                i,
-                cache,
-            )?;
+            let h =
+                layer
+                    .attn
+                    .forward(&layer.attn_norm.forward(&xs)?, &self.rope, mask, i, cache)?;
             xs = (xs + h)?;
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
             xs = (xs + h)?;
@@ -499,72 +430,5 @@ impl Model {
         let last = xs.narrow(1, seq - 1, 1)?;
         let logits = self.output.forward(&self.norm.forward(&last)?)?;
         Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn causal_mask_rectangular_values() {
-        let mask = causal_mask(2, 2, &Device::Cpu).unwrap();
-        let v: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
-        let inf = f32::NEG_INFINITY;
-        assert_eq!(v, vec![0., 0., 0., inf, 0., 0., 0., 0.]);
-    }
-
-    #[test]
-    fn sliding_window_mask_sees_self_and_window_minus_one_before() {
-        let mask = windowed_causal_mask(1, 4, Some(3), &Device::Cpu).unwrap();
-        let v: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
-        let inf = f32::NEG_INFINITY;
-        // Query at position 4 sees keys 2, 3, 4.
-        assert_eq!(v, vec![inf, inf, 0., 0., 0.]);
-    }
-
-    #[test]
-    fn repeat_kv_groups_heads_in_order() {
-        let dev = Device::Cpu;
-        let k = Tensor::arange(0f32, 2., &dev)
-            .unwrap()
-            .reshape((1, 2, 1, 1))
-            .unwrap();
-        let r: Vec<f32> = repeat_kv(&k, 3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        // Query heads 0..3 share kv head 0, heads 3..6 share kv head 1.
-        assert_eq!(r, vec![0., 0., 0., 1., 1., 1.]);
-    }
-
-    #[test]
-    fn masked_attention_ignores_future_positions() {
-        let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1., (1, 2, 3, 4), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
-        let mask = causal_mask(3, 0, &dev).unwrap();
-        let full = attention(&q, &k, &v, Some(&mask)).unwrap();
-        // The first query sees only the first key, so it returns the first value.
-        let first = full.narrow(2, 0, 1).unwrap().squeeze(2).unwrap();
-        let v0 = v
-            .narrow(2, 0, 1)
-            .unwrap()
-            .squeeze(2)
-            .unwrap()
-            .broadcast_as((1, 2, 4))
-            .unwrap();
-        let diff: f32 = (first - v0)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-6);
     }
 }

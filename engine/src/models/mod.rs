@@ -2,6 +2,7 @@
 //! drives. Every architecture reads its config from GGUF metadata, appends to
 //! the engine's [`KvCache`], and returns logits for the last position.
 
+mod attention;
 pub mod gemma3;
 pub mod llama;
 mod moe;
