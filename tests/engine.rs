@@ -14,7 +14,7 @@ use showdown_engine::{
     SamplingParams, StopReason,
 };
 
-use crate::util::{generate_cold, greedy, pinned_model_path, relative_l2};
+use crate::util::{self, generate_cold, greedy, load_oracle, pinned_model_path, relative_l2};
 
 fn smollm2() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -28,24 +28,11 @@ fn smollm2_path() -> PathBuf {
 }
 
 fn oracle() -> OracleLlama {
-    let path = smollm2_path();
-    let mut file = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    OracleLlama::from_gguf(content, &mut file, &Device::Cpu).unwrap()
+    load_oracle(&smollm2_path(), OracleLlama::from_gguf)
 }
 
 fn oracle_logits(oracle: &mut OracleLlama, tokens: &[u32], pos: usize) -> Vec<f32> {
-    let input = Tensor::new(tokens, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    oracle
-        .forward(&input, pos)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    util::oracle_logits(|x, p| oracle.forward(x, p), tokens, pos)
 }
 
 fn chat_prompt(engine: &Engine, user: &str) -> Vec<u32> {

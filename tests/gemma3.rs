@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use showdown_engine::{argmax, Engine, LoadOptions};
 
-use crate::util::{generate_cold, greedy, pinned_model_path, relative_l2};
+use crate::util::{engine_logits as logits, generate_cold, greedy, pinned_model_path, relative_l2};
 
 fn gemma3() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -35,15 +35,6 @@ fn long_tokens(engine: &Engine, n: usize) -> Vec<u32> {
         i += 1;
     }
     engine.tokenizer().encode(&text).unwrap()[..n].to_vec()
-}
-
-fn logits(engine: &Engine, tokens: &[u32], cache: &mut showdown_engine::KvCache) -> Vec<f32> {
-    engine
-        .model()
-        .forward(tokens, cache)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Chunks over a cache that already holds more than the window: the

@@ -7,15 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights as OracleLlama;
 use showdown_engine::moe_split::{MoeSplit, Router};
 use showdown_engine::{argmax, Engine, Gguf, LoadOptions};
 use tempfile::TempDir;
 
 use crate::moe_gen::{write_moe, MoeSpec};
-use crate::util::{generate_cold, greedy, pinned_model_path, relative_l2, sha256_hex, TestEnv};
+use crate::util::{
+    self, committee_prompt as prompt, engine_logits as logits, generate_cold, greedy, load_oracle,
+    pinned_model_path, relative_l2, sha256_hex, TestEnv,
+};
 
 /// The two layouts of the same weights, generated once per test run.
 struct Files {
@@ -45,39 +46,11 @@ fn load(path: &Path) -> Engine {
 }
 
 fn oracle(path: &Path) -> OracleLlama {
-    let mut file = std::fs::File::open(path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    OracleLlama::from_gguf(content, &mut file, &Device::Cpu).unwrap()
+    load_oracle(path, OracleLlama::from_gguf)
 }
 
 fn oracle_logits(oracle: &mut OracleLlama, tokens: &[u32], pos: usize) -> Vec<f32> {
-    let input = Tensor::new(tokens, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    oracle
-        .forward(&input, pos)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn logits(engine: &Engine, tokens: &[u32], cache: &mut showdown_engine::KvCache) -> Vec<f32> {
-    engine
-        .model()
-        .forward(tokens, cache)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn prompt(engine: &Engine) -> Vec<u32> {
-    engine
-        .tokenizer()
-        .encode("The committee met on Tuesday to discuss the budget, the new library and the bridge over the river.")
-        .unwrap()
+    util::oracle_logits(|x, p| oracle.forward(x, p), tokens, pos)
 }
 
 #[test]

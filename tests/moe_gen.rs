@@ -2,6 +2,10 @@
 //! MoE architectures can be proven against an oracle without shipping MoE
 //! weights. Files borrow the tokenizer of the pinned SmolLM2 file, so prompts
 //! are real text.
+//!
+//! [`write_moe`] writes a sparse MoE of either layout; [`write_qwen3_pair`]
+//! writes a dense `qwen3` file and the same model as a `qwen3moe` whose
+//! experts are slices of the dense feed-forward, for the split-dense proof.
 
 use std::path::Path;
 
@@ -13,7 +17,7 @@ use crate::util::pinned_model_path;
 /// Shape and layout of a generated file.
 #[derive(Debug, Clone)]
 pub struct MoeSpec {
-    /// `general.architecture`: `llama` (mixtral-style) or `qwen3_moe`.
+    /// `general.architecture`: `llama` (mixtral-style) or `qwen3moe`.
     pub architecture: &'static str,
     pub layers: usize,
     pub hidden: usize,
@@ -43,6 +47,25 @@ impl MoeSpec {
             top_k: 2,
             stacked,
             seed: 7,
+        }
+    }
+
+    /// Qwen3-MoE style: 2 layers, hidden 256, 8 query heads over 2 kv heads
+    /// of 64, 8 experts of 256 (a multiple of 256 keeps candle on one matmul
+    /// kernel for the dense and the split down projections), top-2, stacked.
+    pub fn qwen3_moe() -> Self {
+        Self {
+            architecture: "qwen3moe",
+            layers: 2,
+            hidden: 256,
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 64,
+            expert_ff: 256,
+            experts: 8,
+            top_k: 2,
+            stacked: true,
+            seed: 11,
         }
     }
 }
@@ -81,10 +104,9 @@ impl Rng {
     }
 }
 
-/// Writes a random-weight MoE model of `spec` to `path`. Expert gate/up
-/// weights are Q4_K, down and attention Q8_0, embedding (tied output) Q8_0,
-/// norms and router F32, as real quantized MoE files mix them.
-pub fn write_moe(path: &Path, spec: &MoeSpec) {
+/// The metadata every generated file has: the attention shape of `spec`
+/// under `arch`, and the SmolLM2 tokenizer. Returns it with the vocabulary size.
+fn base_metadata(arch: &str, spec: &MoeSpec) -> (Vec<(String, gguf_file::Value)>, usize) {
     let smol = pinned_model_path("smollm2-135m");
     let mut reader = std::fs::File::open(smol).unwrap();
     let dense = gguf_file::Content::read(&mut reader).unwrap();
@@ -92,14 +114,13 @@ pub fn write_moe(path: &Path, spec: &MoeSpec) {
         gguf_file::Value::Array(a) => a.len(),
         _ => unreachable!(),
     };
-
-    let arch = spec.architecture;
-    let u32v = |n: usize| gguf_file::Value::U32(n as u32);
     let mut metadata: Vec<(String, gguf_file::Value)> = vec![
         (
             "general.architecture".into(),
             gguf_file::Value::String(arch.into()),
         ),
+        // f32 activations in candle-transformers' qwen3 (its default is f16).
+        ("general.dtype".into(), gguf_file::Value::U32(0)),
         (format!("{arch}.block_count"), u32v(spec.layers)),
         (format!("{arch}.embedding_length"), u32v(spec.hidden)),
         (format!("{arch}.context_length"), u32v(2048)),
@@ -122,10 +143,107 @@ pub fn write_moe(path: &Path, spec: &MoeSpec) {
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             gguf_file::Value::F32(1e-5),
         ),
-        (format!("{arch}.expert_count"), u32v(spec.experts)),
-        (format!("{arch}.expert_used_count"), u32v(spec.top_k)),
         (format!("{arch}.vocab_size"), u32v(vocab)),
     ];
+    let mut keys: Vec<&String> = dense
+        .metadata
+        .keys()
+        .filter(|k| k.starts_with("tokenizer."))
+        .collect();
+    keys.sort();
+    for key in keys {
+        metadata.push((key.clone(), dense.metadata[key].clone()));
+    }
+    (metadata, vocab)
+}
+
+fn u32v(n: usize) -> gguf_file::Value {
+    gguf_file::Value::U32(n as u32)
+}
+
+/// The embedding (tied output) and the final norm.
+fn embedding_tensors(rng: &mut Rng, spec: &MoeSpec, vocab: usize) -> Vec<(String, QTensor)> {
+    vec![
+        (
+            "token_embd.weight".into(),
+            QTensor::quantize(&rng.tensor(&[vocab, spec.hidden], 1.0), GgmlDType::Q8_0).unwrap(),
+        ),
+        ("output_norm.weight".into(), rng.norm(spec.hidden)),
+    ]
+}
+
+/// One layer's attention weights (with Qwen 3's q/k norms when `qk_norm`)
+/// and its feed-forward norm.
+fn attention_tensors(
+    rng: &mut Rng,
+    spec: &MoeSpec,
+    layer: usize,
+    qk_norm: bool,
+    dtype: GgmlDType,
+) -> Vec<(String, QTensor)> {
+    let h = spec.hidden;
+    let p = format!("blk.{layer}");
+    let q_out = spec.heads * spec.head_dim;
+    let kv_out = spec.kv_heads * spec.head_dim;
+    let mut tensors = vec![
+        (format!("{p}.attn_norm.weight"), rng.norm(h)),
+        (format!("{p}.attn_q.weight"), rng.weight(&[q_out, h], dtype)),
+        (
+            format!("{p}.attn_k.weight"),
+            rng.weight(&[kv_out, h], dtype),
+        ),
+        (
+            format!("{p}.attn_v.weight"),
+            rng.weight(&[kv_out, h], dtype),
+        ),
+        (
+            format!("{p}.attn_output.weight"),
+            rng.weight(&[h, q_out], dtype),
+        ),
+    ];
+    if qk_norm {
+        tensors.push((format!("{p}.attn_q_norm.weight"), rng.norm(spec.head_dim)));
+        tensors.push((format!("{p}.attn_k_norm.weight"), rng.norm(spec.head_dim)));
+    }
+    tensors.push((format!("{p}.ffn_norm.weight"), rng.norm(h)));
+    tensors
+}
+
+fn write_gguf(path: &Path, metadata: &[(String, gguf_file::Value)], tensors: &[(String, QTensor)]) {
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+}
+
+/// `t` quantized from its own storage (candle's quantize reads the whole
+/// storage under a view).
+fn quantize_copy(t: &Tensor, dtype: GgmlDType) -> QTensor {
+    let data: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    let t = Tensor::from_vec(data, t.shape(), &Device::Cpu).unwrap();
+    QTensor::quantize(&t, dtype).unwrap()
+}
+
+/// Experts quantized one by one, then stacked byte for byte.
+fn stack_experts(experts: &[QTensor], dtype: GgmlDType) -> QTensor {
+    let bytes: Vec<u8> = experts
+        .iter()
+        .flat_map(|q| q.data().unwrap().to_vec())
+        .collect();
+    let mut dims = vec![experts.len()];
+    dims.extend(experts[0].shape().dims());
+    candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, dims, &Device::Cpu).unwrap()
+}
+
+/// Writes a random-weight MoE model of `spec` to `path`. Expert gate/up
+/// weights are Q4_K, down and attention Q8_0, embedding (tied output) Q8_0,
+/// norms and router F32, as real quantized MoE files mix them.
+pub fn write_moe(path: &Path, spec: &MoeSpec) {
+    let arch = spec.architecture;
+    let (mut metadata, vocab) = base_metadata(arch, spec);
+    metadata.push((format!("{arch}.expert_count"), u32v(spec.experts)));
+    metadata.push((format!("{arch}.expert_used_count"), u32v(spec.top_k)));
     if arch == "llama" {
         metadata.push((format!("{arch}.feed_forward_length"), u32v(spec.expert_ff)));
     } else {
@@ -138,49 +256,19 @@ pub fn write_moe(path: &Path, spec: &MoeSpec) {
             u32v(spec.expert_ff * 4),
         ));
     }
-    let mut keys: Vec<&String> = dense
-        .metadata
-        .keys()
-        .filter(|k| k.starts_with("tokenizer."))
-        .collect();
-    keys.sort();
-    for key in keys {
-        metadata.push((key.clone(), dense.metadata[key].clone()));
-    }
 
     let mut rng = Rng(spec.seed);
     let (h, ff, e) = (spec.hidden, spec.expert_ff, spec.experts);
-    let mut tensors: Vec<(String, QTensor)> = vec![(
-        "token_embd.weight".into(),
-        QTensor::quantize(&rng.tensor(&[vocab, h], 1.0), GgmlDType::Q8_0).unwrap(),
-    )];
-    tensors.push(("output_norm.weight".into(), rng.norm(h)));
+    let mut tensors = embedding_tensors(&mut rng, spec, vocab);
     for layer in 0..spec.layers {
         let p = format!("blk.{layer}");
-        let q_out = spec.heads * spec.head_dim;
-        let kv_out = spec.kv_heads * spec.head_dim;
-        tensors.push((format!("{p}.attn_norm.weight"), rng.norm(h)));
-        tensors.push((
-            format!("{p}.attn_q.weight"),
-            rng.weight(&[q_out, h], GgmlDType::Q8_0),
+        tensors.extend(attention_tensors(
+            &mut rng,
+            spec,
+            layer,
+            arch != "llama",
+            GgmlDType::Q8_0,
         ));
-        tensors.push((
-            format!("{p}.attn_k.weight"),
-            rng.weight(&[kv_out, h], GgmlDType::Q8_0),
-        ));
-        tensors.push((
-            format!("{p}.attn_v.weight"),
-            rng.weight(&[kv_out, h], GgmlDType::Q8_0),
-        ));
-        tensors.push((
-            format!("{p}.attn_output.weight"),
-            rng.weight(&[h, q_out], GgmlDType::Q8_0),
-        ));
-        if arch == "qwen3_moe" {
-            tensors.push((format!("{p}.attn_q_norm.weight"), rng.norm(spec.head_dim)));
-            tensors.push((format!("{p}.attn_k_norm.weight"), rng.norm(spec.head_dim)));
-        }
-        tensors.push((format!("{p}.ffn_norm.weight"), rng.norm(h)));
         // A router with spread-out logits, so routing varies by token.
         let router = rng.tensor(&[e, h], 4.0 / (h as f32).sqrt());
         tensors.push((
@@ -198,31 +286,14 @@ pub fn write_moe(path: &Path, spec: &MoeSpec) {
             ("ffn_down", down, GgmlDType::Q8_0),
         ];
         for (name, t, dtype) in parts {
-            // Quantize each expert from its own storage (candle's quantize reads
-            // the whole storage under a view), then stack the very same bytes.
             let experts: Vec<QTensor> = (0..e)
-                .map(|i| {
-                    let w = t.get(i).unwrap();
-                    let data: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
-                    let w = Tensor::from_vec(data, w.shape(), &Device::Cpu).unwrap();
-                    QTensor::quantize(&w, dtype).unwrap()
-                })
+                .map(|i| quantize_copy(&t.get(i).unwrap(), dtype))
                 .collect();
             if spec.stacked {
-                let bytes: Vec<u8> = experts
-                    .iter()
-                    .flat_map(|q| q.data().unwrap().to_vec())
-                    .collect();
-                let mut dims = vec![e];
-                dims.extend(experts[0].shape().dims());
-                let stacked = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dtype,
-                    &bytes,
-                    dims,
-                    &Device::Cpu,
-                )
-                .unwrap();
-                tensors.push((format!("{p}.{name}_exps.weight"), stacked));
+                tensors.push((
+                    format!("{p}.{name}_exps.weight"),
+                    stack_experts(&experts, dtype),
+                ));
             } else {
                 for (i, w) in experts.into_iter().enumerate() {
                     tensors.push((format!("{p}.{name}.{i}.weight"), w));
@@ -230,10 +301,112 @@ pub fn write_moe(path: &Path, spec: &MoeSpec) {
             }
         }
     }
+    write_gguf(path, &metadata, &tensors);
+}
 
-    let metadata: Vec<(&str, &gguf_file::Value)> =
-        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+/// Writes one random model twice: as a dense `qwen3` to `dense`, and as a
+/// `qwen3moe` to `split` whose `spec.experts` experts are consecutive slices of
+/// each dense feed-forward (gate/up rows, down columns: whole quantization
+/// blocks, so the same bytes), with a zero router, every expert used, and
+/// down projections scaled by the expert count (exact: a power of two scales
+/// each block's scale, not its quants). The renormalised router weights are
+/// then `1/E` each, and the weighted sum of the experts is the dense
+/// feed-forward, up to the order of the f32 additions.
+pub fn write_qwen3_pair(dense: &Path, split: &Path, spec: &MoeSpec) {
+    let (e, expert_ff) = (spec.experts, spec.expert_ff);
+    assert!(e.is_power_of_two() && expert_ff.is_multiple_of(256));
+    let (h, ff) = (spec.hidden, expert_ff * e);
+    let (mut dense_meta, vocab) = base_metadata("qwen3", spec);
+    dense_meta.push(("qwen3.feed_forward_length".into(), u32v(ff)));
+    let (mut split_meta, _) = base_metadata("qwen3moe", spec);
+    split_meta.extend([
+        ("qwen3moe.feed_forward_length".to_string(), u32v(ff)),
+        ("qwen3moe.expert_count".to_string(), u32v(e)),
+        ("qwen3moe.expert_used_count".to_string(), u32v(e)),
+        (
+            "qwen3moe.expert_feed_forward_length".to_string(),
+            u32v(expert_ff),
+        ),
+    ]);
+
+    let mut rng = Rng(spec.seed);
+    let mut dense_tensors = embedding_tensors(&mut rng, spec, vocab);
+    let mut split_tensors: Vec<(String, QTensor)> = Vec::new();
+    let copy = |tensors: &[(String, QTensor)]| -> Vec<(String, QTensor)> {
+        tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), byte_copy(t)))
+            .collect()
+    };
+    split_tensors.extend(copy(&dense_tensors));
+    for layer in 0..spec.layers {
+        let p = format!("blk.{layer}");
+        // f32 attention projections: the oracle's CPU attention is a flash kernel
+        // whose sums differ from a matmul's in the last bit, and an 8-bit
+        // activation rounding in a quantized projection can turn that bit into
+        // a 1 % change of the logits. The feed-forward, the part split into
+        // experts, keeps the quantized types.
+        let attention = attention_tensors(&mut rng, spec, layer, true, GgmlDType::F32);
+        split_tensors.extend(copy(&attention));
+        dense_tensors.extend(attention);
+
+        let gate = rng.tensor(&[ff, h], (3.0 / h as f32).sqrt());
+        let up = rng.tensor(&[ff, h], (3.0 / h as f32).sqrt());
+        let down = rng.tensor(&[h, ff], (3.0 / ff as f32).sqrt());
+        dense_tensors.extend([
+            (
+                format!("{p}.ffn_gate.weight"),
+                quantize_copy(&gate, GgmlDType::Q4K),
+            ),
+            (
+                format!("{p}.ffn_up.weight"),
+                quantize_copy(&up, GgmlDType::Q4K),
+            ),
+            (
+                format!("{p}.ffn_down.weight"),
+                quantize_copy(&down, GgmlDType::Q8_0),
+            ),
+        ]);
+
+        let zeros = Tensor::zeros((e, h), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let down = (down * e as f64).unwrap();
+        // Expert i: rows (gate, up) or columns (down) i * expert_ff.. of the dense weight.
+        let experts = |t: &Tensor, axis: usize, dtype: GgmlDType| -> QTensor {
+            let slices: Vec<QTensor> = (0..e)
+                .map(|i| quantize_copy(&t.narrow(axis, i * expert_ff, expert_ff).unwrap(), dtype))
+                .collect();
+            stack_experts(&slices, dtype)
+        };
+        split_tensors.extend([
+            (
+                format!("{p}.ffn_gate_inp.weight"),
+                QTensor::quantize(&zeros, GgmlDType::F32).unwrap(),
+            ),
+            (
+                format!("{p}.ffn_gate_exps.weight"),
+                experts(&gate, 0, GgmlDType::Q4K),
+            ),
+            (
+                format!("{p}.ffn_up_exps.weight"),
+                experts(&up, 0, GgmlDType::Q4K),
+            ),
+            (
+                format!("{p}.ffn_down_exps.weight"),
+                experts(&down, 1, GgmlDType::Q8_0),
+            ),
+        ]);
+    }
+    write_gguf(dense, &dense_meta, &dense_tensors);
+    write_gguf(split, &split_meta, &split_tensors);
+}
+
+/// A byte-for-byte copy of a quantized tensor.
+fn byte_copy(t: &QTensor) -> QTensor {
+    candle_core::quantized::ggml_file::qtensor_from_ggml(
+        t.dtype(),
+        &t.data().unwrap(),
+        t.shape().dims().to_vec(),
+        &Device::Cpu,
+    )
+    .unwrap()
 }

@@ -285,3 +285,59 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A candle-transformers oracle read from a GGUF file with its `from_gguf`.
+pub fn load_oracle<T>(
+    path: &Path,
+    from_gguf: impl FnOnce(
+        candle_core::quantized::gguf_file::Content,
+        &mut std::fs::File,
+        &candle_core::Device,
+    ) -> candle_core::Result<T>,
+) -> T {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    from_gguf(content, &mut file, &candle_core::Device::Cpu).unwrap()
+}
+
+/// An oracle's logits for `tokens` at position `pos`, through its `forward`
+/// (which takes the `(1, n)` token tensor).
+pub fn oracle_logits(
+    forward: impl FnOnce(&candle_core::Tensor, usize) -> candle_core::Result<candle_core::Tensor>,
+    tokens: &[u32],
+    pos: usize,
+) -> Vec<f32> {
+    let input = candle_core::Tensor::new(tokens, &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    forward(&input, pos)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// showdown's logits for `tokens` after what `cache` holds.
+pub fn engine_logits(
+    engine: &showdown_engine::Engine,
+    tokens: &[u32],
+    cache: &mut showdown_engine::KvCache,
+) -> Vec<f32> {
+    engine
+        .model()
+        .forward(tokens, cache)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// One English sentence as tokens, for the generated models (they borrow
+/// SmolLM2's tokenizer).
+pub fn committee_prompt(engine: &showdown_engine::Engine) -> Vec<u32> {
+    engine
+        .tokenizer()
+        .encode("The committee met on Tuesday to discuss the budget, the new library and the bridge over the river.")
+        .unwrap()
+}

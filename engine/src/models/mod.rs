@@ -6,6 +6,7 @@ mod attention;
 pub mod gemma3;
 pub mod llama;
 mod moe;
+pub mod qwen3;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -15,7 +16,7 @@ use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
 
 /// Architectures the engine can load, by `general.architecture`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen3", "qwen3moe"];
 
 /// Facts about a loaded model, for reports and the models page.
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +45,8 @@ pub enum Model {
     Llama(llama::Model),
     /// Gemma 3.
     Gemma3(gemma3::Model),
+    /// Qwen 3, dense or MoE.
+    Qwen3(qwen3::Model),
 }
 
 impl Model {
@@ -52,6 +55,7 @@ impl Model {
         match gguf.architecture() {
             "llama" => Ok(Self::Llama(llama::Model::from_gguf(gguf, device)?)),
             "gemma3" => Ok(Self::Gemma3(gemma3::Model::from_gguf(gguf, device)?)),
+            "qwen3" | "qwen3moe" => Ok(Self::Qwen3(qwen3::Model::from_gguf(gguf, device)?)),
             other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -71,6 +75,7 @@ impl Model {
         let logits = match self {
             Self::Llama(m) => m.forward(tokens, cache)?,
             Self::Gemma3(m) => m.forward(tokens, cache)?,
+            Self::Qwen3(m) => m.forward(tokens, cache)?,
         };
         cache.commit(tokens);
         Ok(logits)
@@ -86,6 +91,7 @@ impl Model {
         match self {
             Self::Llama(m) => m.info(),
             Self::Gemma3(m) => m.info(),
+            Self::Qwen3(m) => m.info(),
         }
     }
 
@@ -96,6 +102,7 @@ impl Model {
         match self {
             Self::Llama(m) => m.expert_rows(),
             Self::Gemma3(_) => Vec::new(),
+            Self::Qwen3(m) => m.expert_rows(),
         }
     }
 
@@ -104,6 +111,7 @@ impl Model {
         match self {
             Self::Llama(m) => m.device(),
             Self::Gemma3(m) => m.device(),
+            Self::Qwen3(m) => m.device(),
         }
     }
 }

@@ -1,0 +1,300 @@
+//! Qwen 3 in GGUF layout, dense (`qwen3`) and mixture-of-experts
+//! (`qwen3moe`, the layout of Qwen3-30B-A3B and its successors): pre-norm
+//! blocks with RMSNorm, grouped-query attention with per-head q/k RMSNorm
+//! before half-split ("NeoX") rotary embeddings, and a SwiGLU feed-forward —
+//! dense, or a sparse MoE whose router takes a softmax over all experts, keeps
+//! the top `expert_used_count` and renormalises their weights (llama.cpp
+//! always renormalises for `qwen3moe`, as Qwen3-MoE's `norm_topk_prob` says).
+//! References: llama.cpp `llm_build_qwen3` / `llm_build_qwen3moe`,
+//! candle-transformers `quantized_qwen3`.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::Embedding;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::gguf::Gguf;
+use crate::kv_cache::KvCache;
+use crate::models::attention::{attention, KeyMask};
+use crate::models::llama::{Activation, FeedForward, Mlp, RmsNorm, RotaryEmbedding};
+use crate::models::moe::SparseMoe;
+use crate::models::ModelInfo;
+
+/// Hyperparameters, named as in the Hugging Face config, read from GGUF metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Feed-forward inner size of the dense model (unused by MoE layers).
+    pub intermediate_size: usize,
+    /// Inner size of one expert; 0 for a dense model.
+    pub moe_intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// Per-head size (Qwen 3 sets it apart from hidden / heads).
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    pub rope_theta: f32,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Experts per layer; 0 for a dense model.
+    pub num_experts: usize,
+    /// Experts each token is routed to; 0 when dense.
+    pub num_experts_per_tok: usize,
+}
+
+impl Config {
+    /// Reads `qwen3.*` or `qwen3moe.*` metadata.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let hidden_size = gguf.arch_u32("embedding_length")? as usize;
+        let num_attention_heads = gguf.arch_u32("attention.head_count")? as usize;
+        let num_experts = gguf.arch_u32("expert_count").unwrap_or(0) as usize;
+        Ok(Self {
+            hidden_size,
+            intermediate_size: gguf.arch_u32("feed_forward_length").unwrap_or(0) as usize,
+            moe_intermediate_size: if num_experts > 0 {
+                gguf.arch_u32("expert_feed_forward_length")? as usize
+            } else {
+                0
+            },
+            num_hidden_layers: gguf.arch_u32("block_count")? as usize,
+            num_attention_heads,
+            num_key_value_heads: gguf
+                .arch_u32("attention.head_count_kv")
+                .map(|n| n as usize)
+                .unwrap_or(num_attention_heads),
+            head_dim: gguf
+                .arch_u32("attention.key_length")
+                .map(|d| d as usize)
+                .unwrap_or(hidden_size / num_attention_heads),
+            rms_norm_eps: gguf.arch_f32("attention.layer_norm_rms_epsilon")? as f64,
+            rope_theta: gguf.arch_f32("rope.freq_base").unwrap_or(1_000_000.0),
+            max_position_embeddings: gguf.arch_u32("context_length")? as usize,
+            vocab_size: gguf.array("tokenizer.ggml.tokens")?.len(),
+            num_experts,
+            num_experts_per_tok: gguf.arch_u32("expert_used_count").unwrap_or(0) as usize,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(gguf: &Gguf, prefix: &str, cfg: &Config, device: &Device) -> Result<Self> {
+        let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
+        let norm = |name: &str| {
+            RmsNorm::new(
+                gguf,
+                &format!("{prefix}.{name}.weight"),
+                cfg.rms_norm_eps,
+                device,
+            )
+        };
+        Ok(Self {
+            q: w("attn_q")?,
+            k: w("attn_k")?,
+            v: w("attn_v")?,
+            o: w("attn_output")?,
+            q_norm: norm("attn_q_norm")?,
+            k_norm: norm("attn_k_norm")?,
+            n_head: cfg.num_attention_heads,
+            n_kv_head: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RotaryEmbedding,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = xs.dims3()?;
+        let offset = cache.len();
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = self
+            .q_norm
+            .forward(&heads(self.q.forward(xs)?, self.n_head)?)?;
+        let k = self
+            .k_norm
+            .forward(&heads(self.k.forward(xs)?, self.n_kv_head)?)?;
+        let v = heads(self.v.forward(xs)?, self.n_kv_head)?;
+        let q = rope.apply_neox(&q, offset)?;
+        let k = rope.apply_neox(&k, offset)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let mask = if seq > 1 {
+            KeyMask::causal(offset)
+        } else {
+            KeyMask::All
+        };
+        let y = attention(&q, &k, &v, mask)?.transpose(1, 2)?.reshape((
+            b,
+            seq,
+            self.n_head * self.head_dim,
+        ))?;
+        Ok(self.o.forward(&y)?)
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: FeedForward,
+}
+
+/// A Qwen 3 model, dense or MoE: weights only; the KV cache is passed in.
+pub struct Model {
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    output: QMatMul,
+    rope: RotaryEmbedding,
+    config: Config,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl Model {
+    /// Loads weights from a `qwen3` or `qwen3moe` GGUF.
+    pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
+        let cfg = Config::from_gguf(gguf)?;
+        let embed_q = gguf.tensor("token_embd.weight", device)?;
+        let embed = Embedding::new(embed_q.dequantize(device)?, cfg.hidden_size);
+        let tied = !gguf.has_tensor("output.weight");
+        let output = if tied {
+            embed_q
+        } else {
+            gguf.tensor("output.weight", device)?
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let prefix = format!("blk.{i}");
+            let norm = |name: &str| {
+                RmsNorm::new(
+                    gguf,
+                    &format!("{prefix}.{name}.weight"),
+                    cfg.rms_norm_eps,
+                    device,
+                )
+            };
+            layers.push(DecoderLayer {
+                attn_norm: norm("attn_norm")?,
+                attn: Attention::new(gguf, &prefix, &cfg, device)?,
+                ffn_norm: norm("ffn_norm")?,
+                mlp: if cfg.num_experts > 0 {
+                    FeedForward::Moe(SparseMoe::new(
+                        gguf,
+                        &prefix,
+                        cfg.num_experts,
+                        cfg.num_experts_per_tok,
+                        true,
+                        device,
+                    )?)
+                } else {
+                    FeedForward::Dense(Mlp::new(gguf, &prefix, Activation::Silu, device)?)
+                },
+            });
+        }
+        let total = gguf.parameter_count();
+        let embedding = (cfg.vocab_size * cfg.hidden_size) as u64;
+        // One embedding row is read per token; the table counts in full when
+        // it is also the output head.
+        let active = if tied { total } else { total - embedding };
+        let idle = cfg.num_experts.saturating_sub(cfg.num_experts_per_tok) as u64
+            * SparseMoe::expert_parameters(cfg.hidden_size, cfg.moe_intermediate_size)
+            * cfg.num_hidden_layers as u64;
+        let info = ModelInfo {
+            architecture: gguf.architecture().to_string(),
+            block_count: cfg.num_hidden_layers,
+            embedding_length: cfg.hidden_size,
+            context_length: cfg.max_position_embeddings,
+            vocab_size: cfg.vocab_size,
+            total_parameters: total,
+            active_parameters: active - idle + cfg.hidden_size as u64,
+        };
+        Ok(Self {
+            embed,
+            layers,
+            norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
+            output: QMatMul::from_qtensor(output)?,
+            rope: RotaryEmbedding::new(
+                cfg.head_dim,
+                cfg.rope_theta,
+                cfg.max_position_embeddings,
+                device,
+            )?,
+            config: cfg,
+            info,
+            device: device.clone(),
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Token rows each expert of each MoE layer has computed since load.
+    pub(crate) fn expert_rows(&self) -> Vec<Vec<u64>> {
+        self.layers
+            .iter()
+            .filter_map(|l| match &l.mlp {
+                FeedForward::Moe(moe) => Some(moe.expert_rows()),
+                FeedForward::Dense(_) => None,
+            })
+            .collect()
+    }
+
+    /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
+    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let seq = tokens.len();
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mut xs = self.embed.forward(&input)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer
+                .attn
+                .forward(&layer.attn_norm.forward(&xs)?, &self.rope, i, cache)?;
+            xs = (xs + h)?;
+            let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
+            xs = (xs + h)?;
+        }
+        let last = xs.narrow(1, seq - 1, 1)?;
+        let logits = self.output.forward(&self.norm.forward(&last)?)?;
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+    }
+}
