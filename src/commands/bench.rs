@@ -6,6 +6,8 @@ use showdown::{
     describe_bench_model, load_engine, mib, resolve_model, run_bench_test, BenchTest, ModelStore,
 };
 
+use showdown_engine::ResidentMemory;
+
 use crate::cli::BenchArgs;
 
 /// Runs `showdown bench`.
@@ -44,6 +46,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             })
             .max()
             .unwrap_or(0);
+        // Each model's peak, not the largest so far.
+        ResidentMemory::reset_peak();
         let engine = load_engine(&model, None)?;
         anyhow::ensure!(
             max_test <= engine.context_length(),
