@@ -114,14 +114,7 @@ impl Attention {
         device: &Device,
     ) -> Result<Self> {
         let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
-        let norm = |name: &str| {
-            RmsNorm::new(
-                gguf,
-                &format!("{prefix}.{name}.weight"),
-                cfg.rms_norm_eps,
-                device,
-            )
-        };
+        let norm = |name: &str| RmsNorm::in_block(gguf, prefix, name, cfg.rms_norm_eps, device);
         Ok(Self {
             q: w("attn_q")?,
             k: w("attn_k")?,
@@ -220,14 +213,8 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let prefix = format!("blk.{i}");
-            let norm = |name: &str| {
-                RmsNorm::new(
-                    gguf,
-                    &format!("{prefix}.{name}.weight"),
-                    cfg.rms_norm_eps,
-                    device,
-                )
-            };
+            let norm =
+                |name: &str| RmsNorm::in_block(gguf, &prefix, name, cfg.rms_norm_eps, device);
             let sliding = cfg.is_sliding(i);
             layers.push(DecoderLayer {
                 attn_norm: norm("attn_norm")?,

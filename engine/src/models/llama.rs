@@ -95,6 +95,17 @@ impl RmsNorm {
         })
     }
 
+    /// The norm `{prefix}.{name}.weight` of one block.
+    pub(crate) fn in_block(
+        gguf: &Gguf,
+        prefix: &str,
+        name: &str,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::new(gguf, &format!("{prefix}.{name}.weight"), eps, device)
+    }
+
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(xs, &self.weight, self.eps)?)
     }
@@ -275,6 +286,14 @@ impl FeedForward {
             Self::Moe(moe) => moe.forward(xs),
         }
     }
+
+    /// Token rows each expert has computed since load; `None` when dense.
+    pub(crate) fn expert_rows(&self) -> Option<Vec<u64>> {
+        match self {
+            Self::Dense(_) => None,
+            Self::Moe(moe) => Some(moe.expert_rows()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -313,19 +332,9 @@ impl Model {
         for i in 0..cfg.num_hidden_layers {
             let prefix = format!("blk.{i}");
             layers.push(DecoderLayer {
-                attn_norm: RmsNorm::new(
-                    gguf,
-                    &format!("{prefix}.attn_norm.weight"),
-                    cfg.rms_norm_eps,
-                    device,
-                )?,
+                attn_norm: RmsNorm::in_block(gguf, &prefix, "attn_norm", cfg.rms_norm_eps, device)?,
                 attn: Attention::new(gguf, &prefix, &cfg, device)?,
-                ffn_norm: RmsNorm::new(
-                    gguf,
-                    &format!("{prefix}.ffn_norm.weight"),
-                    cfg.rms_norm_eps,
-                    device,
-                )?,
+                ffn_norm: RmsNorm::in_block(gguf, &prefix, "ffn_norm", cfg.rms_norm_eps, device)?,
                 mlp: if cfg.num_local_experts > 1 {
                     // Mixtral renormalises the top-k weights.
                     FeedForward::Moe(SparseMoe::new(
@@ -400,10 +409,7 @@ impl Model {
     pub(crate) fn expert_rows(&self) -> Vec<Vec<u64>> {
         self.layers
             .iter()
-            .filter_map(|l| match &l.mlp {
-                FeedForward::Moe(moe) => Some(moe.expert_rows()),
-                FeedForward::Dense(_) => None,
-            })
+            .filter_map(|l| l.mlp.expert_rows())
             .collect()
     }
 

@@ -102,14 +102,7 @@ struct Attention {
 impl Attention {
     fn new(gguf: &Gguf, prefix: &str, cfg: &Config, device: &Device) -> Result<Self> {
         let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
-        let norm = |name: &str| {
-            RmsNorm::new(
-                gguf,
-                &format!("{prefix}.{name}.weight"),
-                cfg.rms_norm_eps,
-                device,
-            )
-        };
+        let norm = |name: &str| RmsNorm::in_block(gguf, prefix, name, cfg.rms_norm_eps, device);
         Ok(Self {
             q: w("attn_q")?,
             k: w("attn_k")?,
@@ -196,14 +189,8 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let prefix = format!("blk.{i}");
-            let norm = |name: &str| {
-                RmsNorm::new(
-                    gguf,
-                    &format!("{prefix}.{name}.weight"),
-                    cfg.rms_norm_eps,
-                    device,
-                )
-            };
+            let norm =
+                |name: &str| RmsNorm::in_block(gguf, &prefix, name, cfg.rms_norm_eps, device);
             layers.push(DecoderLayer {
                 attn_norm: norm("attn_norm")?,
                 attn: Attention::new(gguf, &prefix, &cfg, device)?,
@@ -273,10 +260,7 @@ impl Model {
     pub(crate) fn expert_rows(&self) -> Vec<Vec<u64>> {
         self.layers
             .iter()
-            .filter_map(|l| match &l.mlp {
-                FeedForward::Moe(moe) => Some(moe.expert_rows()),
-                FeedForward::Dense(_) => None,
-            })
+            .filter_map(|l| l.mlp.expert_rows())
             .collect()
     }
 
