@@ -1,8 +1,9 @@
 //! The engine benchmark in llama-bench's terms, so figures sit beside
 //! llama.cpp's on the same machine: `ppN` is prompt processing of N tokens
 //! from an empty cache (in 512-token batches, as llama-bench's default
-//! ubatch), `tgN` is generating N tokens one at a time. Speed targets live
-//! here, printed, never in timed tests.
+//! ubatch), `tgN` is generating N tokens one at a time, and `@ dD` runs a
+//! test after D tokens already in the cache (llama-bench's `-d`: the warm
+//! turn of an agent). Speed targets live here, printed, never in timed tests.
 
 use std::time::Instant;
 
@@ -27,6 +28,22 @@ impl BenchTest {
             Self::Generate(n) => format!("tg{n}"),
         }
     }
+
+    /// Tokens the test runs.
+    pub fn tokens(&self) -> usize {
+        match self {
+            Self::Prompt(n) | Self::Generate(n) => *n,
+        }
+    }
+}
+
+/// llama-bench's label of a test at a depth: `pp256 @ d2048`.
+pub fn label_at(test: BenchTest, depth: usize) -> String {
+    if depth == 0 {
+        test.label()
+    } else {
+        format!("{} @ d{depth}", test.label())
+    }
 }
 
 /// The figures of one test.
@@ -34,8 +51,10 @@ impl BenchTest {
 pub struct BenchResult {
     /// Model name.
     pub model: String,
-    /// `pp512`, `pp2048`, `tg128`.
+    /// `pp512`, `pp2048`, `tg128`, `tg128 @ d2048`.
     pub test: String,
+    /// Tokens in the cache before the test.
+    pub depth: usize,
     /// Tokens per second of each repetition.
     pub samples_tok_s: Vec<f64>,
     /// Mean tokens per second.
@@ -80,17 +99,22 @@ fn bench_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Runs one test `repetitions` times after one warm-up run.
+/// Runs one test `repetitions` times after one warm-up run, each time after
+/// `depth` tokens prefilled (untimed) into a fresh cache.
 pub fn run_test(
     engine: &Engine,
     model: &str,
     test: BenchTest,
+    depth: usize,
     repetitions: usize,
 ) -> Result<BenchResult> {
     let vocab = engine.info().vocab_size;
     let mut samples = Vec::with_capacity(repetitions);
     for rep in 0..=repetitions {
         let mut cache = engine.new_cache();
+        for chunk in bench_tokens(depth, vocab, 1000 + rep as u64).chunks(PREFILL_CHUNK) {
+            engine.model().forward(chunk, &mut cache)?;
+        }
         let tok_s = match test {
             BenchTest::Prompt(n) => {
                 let tokens = bench_tokens(n, vocab, rep as u64);
@@ -118,7 +142,8 @@ pub fn run_test(
         / samples.len().max(2).saturating_sub(1) as f64;
     Ok(BenchResult {
         model: model.to_string(),
-        test: test.label(),
+        test: label_at(test, depth),
+        depth,
         samples_tok_s: samples,
         mean_tok_s: mean,
         stddev_tok_s: var.sqrt(),

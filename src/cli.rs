@@ -435,6 +435,15 @@ pub struct BenchArgs {
     /// Generation lengths, llama-bench's -n.
     #[arg(long = "tg", value_delimiter = ',', default_value = "128")]
     pub generate_sizes: Vec<usize>,
+    /// Tokens already in the cache before each test, llama-bench's -d: a warm
+    /// agent turn is `--pp 256 --tg 128 --depth 2048`.
+    #[arg(
+        long = "depth",
+        short = 'd',
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub depths: Vec<usize>,
     /// Repetitions of each test (after one warm-up).
     #[arg(long, short = 'r', default_value_t = 3)]
     pub repetitions: usize,

@@ -18,6 +18,7 @@ pub fn load_engine(model: &ResolvedModel, context_length: Option<usize>) -> Resu
         device: Some(showdown_engine::default_device()),
         template,
         context_length,
+        ..LoadOptions::default()
     };
     Engine::load(&model.path, &options)
         .with_context(|| format!("loading model {} ({})", model.name, model.path.display()))

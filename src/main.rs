@@ -39,6 +39,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // Candle sizes its thread pools from these on first use.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        // And the engine's own kernel pool.
+        showdown_engine::kernels::pool::set_threads(threads);
     }
     match cli.command {
         Command::Models { command } => commands::models::run(command),

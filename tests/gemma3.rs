@@ -10,7 +10,15 @@ use std::sync::OnceLock;
 
 use showdown_engine::{argmax, Engine, LoadOptions};
 
-use crate::util::{engine_logits as logits, generate_cold, greedy, pinned_model_path, relative_l2};
+use crate::util::{
+    engine_logits as logits, follow_llama_cpp, generate_cold, greedy, pinned_model_path,
+    relative_l2,
+};
+
+/// llama.cpp's top-two margin (nats) below which a different greedy token is
+/// a near-tie, not a disagreement: the one step where the engines part on
+/// these fixtures has a margin of 0.097.
+const NEAR_TIE: f32 = 0.5;
 
 fn gemma3() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -118,25 +126,25 @@ fn generates_text_with_the_named_gemma_template() {
     );
 }
 
-/// Greedy continuations against llama.cpp's on the same file, one of them on
-/// a prompt twice as long as the sliding window (`fixtures/gemma3/`).
+/// llama.cpp's greedy continuations on the same file, one prompt twice as
+/// long as the sliding window (`fixtures/gemma3/`, recorded by
+/// `make_reference.py`), fed to ours token by token.
 #[test]
-fn greedy_continuations_agree_with_llama_cpp() {
+fn follows_llama_cpp_greedy_continuations() {
     let engine = gemma3();
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("../fixtures/gemma3/llama_cpp_greedy.json")).unwrap();
-    let params = greedy(fixture["max_tokens"].as_u64().unwrap() as usize);
-    for case in fixture["cases"].as_array().unwrap() {
-        let prompt = engine
-            .tokenize_prompt(case["prompt"].as_str().unwrap())
-            .unwrap();
-        let out = generate_cold(engine, &prompt, &params);
-        let expected = case["expected_prefix"].as_str().unwrap();
-        assert!(
-            out.text.starts_with(expected),
-            "{}: expected {expected:?}, got {:?}",
-            case["name"],
-            out.text
-        );
-    }
+    let agreement = follow_llama_cpp(
+        engine,
+        include_str!("../fixtures/gemma3/llama_cpp_greedy.json"),
+        NEAR_TIE,
+    );
+    eprintln!("gemma3 against llama.cpp: {agreement:?}");
+    assert_eq!(agreement.steps, 64);
+    // The engines differ where they round: llama.cpp keeps keys and values
+    // in f16 and takes GELU from an f16 table, showdown keeps f32 and
+    // computes it. Measured over llama.cpp's top five tokens at 64 steps:
+    // mean 0.19, largest 0.66 nats. Bounds: about twice that. (A model with
+    // its sliding window switched off fails the near-tie check at once.)
+    assert!(agreement.mean_logprob_error < 0.4, "{agreement:?}");
+    assert!(agreement.max_logprob_error < 1.5, "{agreement:?}");
+    assert!(agreement.disagreements <= 2, "{agreement:?}");
 }

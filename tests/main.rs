@@ -7,6 +7,7 @@ mod models;
 mod moe;
 mod moe_gen;
 mod qualify;
+mod qwen2;
 mod qwen3;
 mod run;
 mod scoring;

@@ -38,6 +38,16 @@ struct TokenizerCase {
 struct ChatReference {
     templates: std::collections::BTreeMap<String, TemplateInfo>,
     cases: Vec<ChatCase>,
+    /// Messages API requests with tools, and the text jinja2 renders for
+    /// them in transformers' conventions.
+    request_cases: Vec<RequestCase>,
+}
+
+#[derive(Deserialize)]
+struct RequestCase {
+    name: String,
+    request: Value,
+    expected: String,
 }
 
 #[derive(Deserialize)]
@@ -303,4 +313,66 @@ fn chat_template_gemma_matches_jinja2() {
             eos_token: &info.eos_token,
         })
     });
+}
+
+#[test]
+fn chat_template_qwen2_matches_jinja2() {
+    let engine = qwen2_engine();
+    let source = engine
+        .chat_template()
+        .expect("Qwen2.5 embeds a chat template")
+        .source();
+    let (_, cases) = chat_cases("qwen2.5-coder-0.5b", source);
+    assert_renders_match("qwen2.5-coder-0.5b", &cases, |case| {
+        engine.render_chat(&case.messages, None, case.add_generation_prompt)
+    });
+}
+
+fn qwen2_engine() -> Engine {
+    Engine::load(
+        &pinned_model_path("qwen2.5-coder-0.5b"),
+        &LoadOptions {
+            context_length: Some(4096),
+            ..LoadOptions::default()
+        },
+    )
+    .expect("load qwen2.5-coder-0.5b")
+}
+
+/// Which templates render tools themselves: Qwen 2.5's does; SmolLM2's and
+/// showdown's Gemma template do not (their tools are written in by
+/// showdown's conventions instead).
+#[test]
+fn templates_that_render_tools_are_told_apart() {
+    assert!(qwen2_engine().chat_template().unwrap().renders_tools());
+    let smollm2 = Engine::load(&pinned_model_path("smollm2-135m"), &LoadOptions::default()).unwrap();
+    assert!(!smollm2.chat_template().unwrap().renders_tools());
+    assert!(!ChatTemplate::new(GEMMA_TEMPLATE).unwrap().renders_tools());
+}
+
+/// A Messages request with tools, tool_use and tool_result blocks (and
+/// cache_control marks) renders through Qwen's own template exactly as
+/// jinja2 renders the same conversation in transformers' conventions.
+#[test]
+fn messages_requests_with_tools_render_through_the_models_template() {
+    let engine = qwen2_engine();
+    let (_, _) = chat_cases("qwen2.5-coder-0.5b", engine.chat_template().unwrap().source());
+    let reference: ChatReference = read_json("chat_template/reference.json");
+    assert!(reference.request_cases.len() >= 4);
+    let mut mismatches = Mismatches::default();
+    for case in &reference.request_cases {
+        let got = showdown::render_request_prompt(
+            &engine,
+            &case.request,
+            Some(showdown::ToolCallFormat::Hermes),
+        )
+        .expect("render");
+        if got != case.expected {
+            mismatches.add(format!(
+                "  {}:\n    expected {:?}\n    got      {:?}\n",
+                case.name, case.expected, got
+            ));
+        }
+    }
+    mismatches.assert_none("request renderings", reference.request_cases.len());
 }

@@ -25,6 +25,7 @@ pub fn named_template(name: &str) -> Option<&'static str> {
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
+    renders_tools: bool,
 }
 
 /// What a template is rendered with.
@@ -168,9 +169,56 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| EngineError::ChatTemplate(format!("{e:#}")))?;
-        Ok(Self {
+        let mut template = Self {
             env,
             source: source.to_string(),
+            renders_tools: false,
+        };
+        template.renders_tools = template.probe_tools();
+        Ok(template)
+    }
+
+    /// Whether the template itself renders tool definitions, assistant tool
+    /// calls and tool results (Qwen 2.5's and 3's, Gemma 4's do; SmolLM2's
+    /// and Gemma 3's do not). Probed once, as llama.cpp's template
+    /// capabilities are: a conversation with one tool, one call and one
+    /// result in transformers' conventions must show all three.
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
+    }
+
+    fn probe_tools(&self) -> bool {
+        let tools = [serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": "probe_tool_definition",
+                "description": "probe",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        })];
+        let messages = [
+            serde_json::json!({"role": "user", "content": "probe"}),
+            serde_json::json!({"role": "assistant", "content": "", "tool_calls": [{
+                "type": "function",
+                "function": {"name": "probe_tool_call", "arguments": {"probe": 1}},
+            }]}),
+            serde_json::json!({"role": "tool", "name": "probe_tool_call", "content": "probe_tool_result"}),
+        ];
+        let rendered = self.render(&ChatTemplateInput {
+            messages: &messages,
+            tools: Some(&tools),
+            add_generation_prompt: true,
+            bos_token: "",
+            eos_token: "",
+        });
+        rendered.is_ok_and(|text| {
+            [
+                "probe_tool_definition",
+                "probe_tool_call",
+                "probe_tool_result",
+            ]
+            .iter()
+            .all(|needle| text.contains(needle))
         })
     }
 

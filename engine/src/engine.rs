@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::chat_template::{named_template, ChatTemplate, ChatTemplateInput};
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
+use crate::kernels::Kernels;
 use crate::kv_cache::KvCache;
 use crate::memory::ResidentMemory;
 use crate::models::{Model, ModelInfo};
@@ -45,6 +46,8 @@ pub struct LoadOptions {
     pub template: TemplateChoice,
     /// Context length to serve; the model's own when `None` (never more).
     pub context_length: Option<usize>,
+    /// Whose matmul kernels a CPU model runs.
+    pub kernels: Kernels,
 }
 
 /// What loading cost.
@@ -182,7 +185,8 @@ impl Engine {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
         let device = options.device.clone().unwrap_or(Device::Cpu);
-        let gguf = Gguf::open(path)?;
+        let mut gguf = Gguf::open(path)?;
+        gguf.use_kernels(options.kernels);
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let template_source = match &options.template {
             TemplateChoice::Embedded => gguf

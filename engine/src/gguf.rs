@@ -4,11 +4,23 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::Device;
 use memmap2::Mmap;
 
 use crate::error::{EngineError, Result};
+use crate::kernels::{Kernels, PackedMatrix, Tier, WeightFormat};
+use crate::models::layers::Linear;
+
+/// The kernel tier for weights on `device`: the CPU's on x86-64, none
+/// elsewhere (candle's kernels serve other devices and architectures) or
+/// when candle's kernels were asked for.
+fn cpu_tier(device: &Device, kernels: Kernels) -> Option<Tier> {
+    if !device.is_cpu() || !cfg!(target_arch = "x86_64") || kernels == Kernels::Candle {
+        return None;
+    }
+    Some(Tier::detect())
+}
 
 /// A memory-mapped GGUF file and its parsed header.
 pub struct Gguf {
@@ -16,6 +28,7 @@ pub struct Gguf {
     mmap: Mmap,
     content: gguf_file::Content,
     architecture: String,
+    kernels: Kernels,
 }
 
 impl Gguf {
@@ -60,7 +73,13 @@ impl Gguf {
             mmap,
             content,
             architecture,
+            kernels: Kernels::default(),
         })
+    }
+
+    /// Whose kernels the layers loaded from here will run on the CPU.
+    pub fn use_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
     }
 
     /// The file this was read from.
@@ -210,22 +229,122 @@ impl Gguf {
             .map(|t| t.shape.elem_count())
     }
 
-    /// Reads a weight by its GGUF name as a matmul operand (kept quantized).
-    pub fn qmatmul(&self, name: &str, device: &Device) -> Result<candle_core::quantized::QMatMul> {
-        Ok(candle_core::quantized::QMatMul::from_qtensor(
-            self.tensor(name, device)?,
-        )?)
+    /// The weight `name` repacked for the engine's CPU kernels, or `None`
+    /// when `device` is not the CPU, the architecture has no vector tier
+    /// (candle's own NEON kernels then serve), or the format has no kernel.
+    /// The packed matrix replaces the file's pages: they are released from
+    /// memory once read.
+    pub(crate) fn packed(&self, name: &str, device: &Device) -> Result<Option<PackedMatrix>> {
+        let info = self.info(name)?;
+        let dims = info.shape.dims();
+        let (n, k) = match *dims {
+            [k] => (1, k),
+            [n, k] => (n, k),
+            _ => return Ok(None),
+        };
+        self.pack_range(name, info.ggml_dtype, n, k, self.data_range(info)?, device)
+    }
+
+    fn pack_range(
+        &self,
+        name: &str,
+        dtype: GgmlDType,
+        n: usize,
+        k: usize,
+        range: std::ops::Range<usize>,
+        device: &Device,
+    ) -> Result<Option<PackedMatrix>> {
+        let Some(tier) = cpu_tier(device, self.kernels) else {
+            return Ok(None);
+        };
+        let Some(format) = WeightFormat::from_ggml(dtype) else {
+            return Ok(None);
+        };
+        if !k.is_multiple_of(format.block_values()) {
+            return Ok(None);
+        }
+        let packed = PackedMatrix::pack(format, n, k, &self.mmap[range.clone()], tier)
+            .map_err(|e| EngineError::Metadata(format!("tensor `{name}`: {e}")))?;
+        self.release(range);
+        Ok(Some(packed))
+    }
+
+    /// Each expert of a stacked `(n_expert, rows, cols)` tensor as a layer.
+    pub(crate) fn expert_linears(
+        &self,
+        name: &str,
+        n_expert: usize,
+        device: &Device,
+    ) -> Result<Vec<Linear>> {
+        let info = self.info(name)?;
+        let dims = info.shape.dims();
+        if dims.len() != 3 || dims[0] != n_expert {
+            return Err(EngineError::Metadata(format!(
+                "tensor `{name}` has shape {dims:?}, expected ({n_expert}, rows, cols)"
+            )));
+        }
+        let range = self.data_range(info)?;
+        let per_expert = (range.end - range.start) / n_expert;
+        let mut packed = Vec::with_capacity(n_expert);
+        for e in 0..n_expert {
+            let part = range.start + e * per_expert..range.start + (e + 1) * per_expert;
+            match self.pack_range(name, info.ggml_dtype, dims[1], dims[2], part, device)? {
+                Some(p) => packed.push(Linear::Packed(std::sync::Arc::new(p))),
+                None => break,
+            }
+        }
+        if packed.len() == n_expert {
+            return Ok(packed);
+        }
+        self.expert_tensors(name, n_expert, device)?
+            .into_iter()
+            .map(|t| Ok(Linear::Candle(QMatMul::from_qtensor(t)?)))
+            .collect()
+    }
+
+    fn info(&self, name: &str) -> Result<&gguf_file::TensorInfo> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| EngineError::Metadata(format!("tensor `{name}` not found")))
+    }
+
+    /// The bytes of a tensor's data in the file.
+    fn data_range(&self, info: &gguf_file::TensorInfo) -> Result<std::ops::Range<usize>> {
+        let dtype = info.ggml_dtype;
+        let elems = info.shape.elem_count();
+        if !elems.is_multiple_of(dtype.block_size()) {
+            return Err(EngineError::Metadata(format!(
+                "a tensor of {elems} values is not whole {dtype:?} blocks"
+            )));
+        }
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        Ok(start..start + elems / dtype.block_size() * dtype.type_size())
+    }
+
+    /// Drops the file pages wholly inside `range` from this process's
+    /// memory: once a tensor is repacked its file bytes are not read again.
+    fn release(&self, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start.div_ceil(PAGE) * PAGE;
+        let end = range.end / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the mapping is read-only and file-backed: dropping its
+            // pages only means a later read faults them in again from the file.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
     }
 
     /// Splits a stacked expert tensor, `(n_expert, rows, cols)` with the
     /// experts outermost as GGUF stores `ffn_*_exps`, into one 2-D tensor per
     /// expert. Each expert's blocks are contiguous, so this is a byte slice.
-    pub fn expert_tensors(
-        &self,
-        name: &str,
-        n_expert: usize,
-        device: &Device,
-    ) -> Result<Vec<QTensor>> {
+    fn expert_tensors(&self, name: &str, n_expert: usize, device: &Device) -> Result<Vec<QTensor>> {
         let info = self
             .content
             .tensor_infos

@@ -14,6 +14,7 @@ mod chat_template;
 mod engine;
 mod error;
 mod gguf;
+pub mod kernels;
 mod kv_cache;
 mod memory;
 pub mod models;
@@ -32,6 +33,7 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use gguf::Gguf;
+pub use kernels::Kernels;
 pub use kv_cache::KvCache;
 pub use memory::ResidentMemory;
 pub use models::{Model, ModelInfo};

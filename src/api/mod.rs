@@ -33,7 +33,7 @@ use showdown_engine::Engine;
 
 pub use error::ApiError;
 pub use output::{OutputEvent, OutputParser};
-pub use prompt::ToolPromptFormat;
+pub use prompt::{render_request_prompt, ToolPromptFormat};
 pub use prompt_cache::PromptCacheConfig;
 
 use crate::models::ResolvedModel;

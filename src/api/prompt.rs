@@ -49,6 +49,8 @@ pub struct Breakpoint {
 /// The prompt a request runs.
 #[derive(Debug, Clone)]
 pub struct Prompt {
+    /// The rendered prompt text.
+    pub text: String,
     /// Token ids of the rendered prompt.
     pub tokens: Vec<u32>,
     /// Breakpoints in order.
@@ -64,6 +66,10 @@ pub fn build_prompt(
     let mut marks = Marks::default();
     let mut system = String::new();
 
+    let native = engine
+        .chat_template()
+        .is_some_and(|template| template.renders_tools());
+    let mut tools_json = Vec::new();
     if !request.tools.is_empty() {
         let format = tool_format.ok_or_else(|| {
             ApiError::invalid(format!(
@@ -71,41 +77,10 @@ pub fn build_prompt(
                 request.model
             ))
         })?;
-        let tools: Vec<(String, Option<String>, Value)> = request
-            .tools
-            .iter()
-            .map(|t| {
-                let schema = t
-                    .input_schema
-                    .clone()
-                    .unwrap_or_else(|| json!({"type": "object"}));
-                (t.name.clone(), t.description.clone(), schema)
-            })
-            .collect();
-        system.push_str(&format.tools_section(&tools));
-        // A breakpoint on any tool covers the definitions up to it; they are
-        // written as one section, so it lands after the section.
-        if let Some(cc) = request
-            .tools
-            .iter()
-            .rev()
-            .find_map(|t| t.cache_control.as_ref())
-        {
-            marks.mark(&mut system, cc);
-        }
-        if request
-            .tools
-            .iter()
-            .filter(|t| t.cache_control.is_some())
-            .count()
-            > 1
-        {
-            marks.extra += request
-                .tools
-                .iter()
-                .filter(|t| t.cache_control.is_some())
-                .count()
-                - 1;
+        if native {
+            tools_json = template_tools(request, &mut marks);
+        } else {
+            injected_tools(request, format, &mut system, &mut marks);
         }
     }
 
@@ -129,39 +104,55 @@ pub fn build_prompt(
         }
     }
 
-    let mut turns = conversation_turns(&request.messages, tool_format, &mut marks)?;
+    let (mut messages, mut prefill) = if native {
+        template_conversation(&request.messages, &mut marks)?
+    } else {
+        injected_conversation(&request.messages, tool_format, &mut marks)?
+    };
     // Automatic caching (a top-level `cache_control`): a breakpoint after the
     // last block (a slot of the four), unless that block carries one already.
-    if let (Some(cc), Some((_, last))) = (&request.cache_control, turns.last_mut()) {
-        if !last.trim_end().ends_with(MARK) {
-            marks.mark(last, cc);
+    if let Some(cc) = &request.cache_control {
+        let last = match prefill.as_mut() {
+            Some(text) => Some(text),
+            None => messages
+                .last_mut()
+                .and_then(|m| match m.get_mut("content") {
+                    Some(Value::String(text)) => Some(text),
+                    _ => None,
+                }),
+        };
+        if let Some(text) = last {
+            if !text.trim_end().ends_with(MARK) {
+                marks.mark(text, cc);
+            }
         }
     }
+    finish(engine, &marks, system, messages, tools_json, prefill)
+}
+
+/// Renders the conversation and locates the breakpoints.
+fn finish(
+    engine: &Engine,
+    marks: &Marks,
+    system: String,
+    history: Vec<Value>,
+    tools: Vec<Value>,
+    prefill: Option<String>,
+) -> Result<Prompt, ApiError> {
     if marks.count() > MAX_BREAKPOINTS {
         return Err(ApiError::invalid(format!(
             "A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {}.",
             marks.count()
         )));
     }
-
-    // A final assistant turn is a prefill: the answer continues it.
-    let (history, prefill) = match turns.last() {
-        Some((Role::Assistant, text)) => (&turns[..turns.len() - 1], Some(text.as_str())),
-        _ => (&turns[..], None),
-    };
     let mut messages = Vec::with_capacity(history.len() + 1);
     if !system.is_empty() {
         messages.push(json!({"role": "system", "content": system}));
     }
-    for (role, text) in history {
-        let role = match role {
-            Role::User | Role::System => "user",
-            Role::Assistant => "assistant",
-        };
-        messages.push(json!({"role": role, "content": text}));
-    }
+    messages.extend(history);
+    let tools = (!tools.is_empty()).then_some(tools.as_slice());
     let mut rendered = engine
-        .render_chat(&messages, None, true)
+        .render_chat(&messages, tools, true)
         .map_err(|e| ApiError::invalid(format!("rendering the chat template: {e}")))?;
     if let Some(prefill) = prefill {
         rendered.push_str(prefill.trim_end());
@@ -184,9 +175,110 @@ pub fn build_prompt(
     }
     breakpoints.sort_by_key(|b| b.tokens);
     Ok(Prompt {
+        text,
         tokens,
         breakpoints,
     })
+}
+
+/// Tool definitions in transformers' shape (`{"type": "function",
+/// "function": {...}}`), for a template that renders them. A breakpoint on
+/// a tool is written at the end of the last marked tool's description,
+/// inside what the template renders for the tools.
+fn template_tools(request: &MessagesRequest, marks: &mut Marks) -> Vec<Value> {
+    let marked = request
+        .tools
+        .iter()
+        .rposition(|t| t.cache_control.is_some());
+    let count = request
+        .tools
+        .iter()
+        .filter(|t| t.cache_control.is_some())
+        .count();
+    marks.extra += count.saturating_sub(1);
+    request
+        .tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut function = serde_json::Map::new();
+            function.insert("name".into(), json!(t.name));
+            if let Some(description) = &t.description {
+                let mut description = description.clone();
+                if Some(i) == marked {
+                    marks.mark(&mut description, t.cache_control.as_ref().expect("marked"));
+                }
+                function.insert("description".into(), json!(description));
+            } else if Some(i) == marked {
+                // Nowhere to write it: counted, not placed.
+                marks.extra += 1;
+            }
+            function.insert(
+                "parameters".into(),
+                t.input_schema
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+            );
+            json!({"type": "function", "function": function})
+        })
+        .collect()
+}
+
+/// Tool definitions written into the system prompt in the model's tool-call
+/// format, for a template that knows nothing of tools.
+fn injected_tools(
+    request: &MessagesRequest,
+    format: &dyn ToolPromptFormat,
+    system: &mut String,
+    marks: &mut Marks,
+) {
+    let tools: Vec<(String, Option<String>, Value)> = request
+        .tools
+        .iter()
+        .map(|t| {
+            let schema = t
+                .input_schema
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            (t.name.clone(), t.description.clone(), schema)
+        })
+        .collect();
+    system.push_str(&format.tools_section(&tools));
+    // A breakpoint on any tool covers the definitions up to it; they are
+    // written as one section, so it lands after the section.
+    if let Some(cc) = request
+        .tools
+        .iter()
+        .rev()
+        .find_map(|t| t.cache_control.as_ref())
+    {
+        marks.mark(system, cc);
+    }
+    let count = request
+        .tools
+        .iter()
+        .filter(|t| t.cache_control.is_some())
+        .count();
+    marks.extra += count.saturating_sub(1);
+}
+
+/// The prompt text a Messages request body renders to for `engine`, with
+/// tools in `tool_format` where the chat template does not render them
+/// itself: what the server runs, for tests and debugging.
+pub fn render_request_prompt(
+    engine: &Engine,
+    body: &Value,
+    tool_format: Option<crate::tools::ToolCallFormat>,
+) -> Result<String, ApiError> {
+    let request: MessagesRequest = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::invalid(format!("request: {e}")))?;
+    let format = tool_format.map(super::tool_use::FormatAdapter);
+    let prompt = build_prompt(
+        engine,
+        &request,
+        format.as_ref().map(|f| f as &dyn ToolPromptFormat),
+    )?;
+    Ok(prompt.text)
 }
 
 /// Claude Code starts its system prompt with a billing line whose `cch=`
@@ -281,6 +373,181 @@ impl Marks {
         text.push_str(rest);
         (text, offsets)
     }
+}
+
+/// The conversation as template messages for a template without tool
+/// support: turns merged per role, calls and results written in the tool
+/// format. A final assistant turn is returned apart: it is a prefill.
+fn injected_conversation(
+    messages: &[InputMessage],
+    tool_format: Option<&dyn ToolPromptFormat>,
+    marks: &mut Marks,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let mut turns = conversation_turns(messages, tool_format, marks)?;
+    let prefill = match turns.last() {
+        Some((Role::Assistant, _)) => turns.pop().map(|(_, text)| text),
+        _ => None,
+    };
+    let history = turns
+        .into_iter()
+        .map(|(role, text)| {
+            let role = match role {
+                Role::User | Role::System => "user",
+                Role::Assistant => "assistant",
+            };
+            json!({"role": role, "content": text})
+        })
+        .collect();
+    Ok((history, prefill))
+}
+
+/// The conversation in transformers' conventions, for a template that
+/// renders tools itself: an assistant turn's calls as `tool_calls`
+/// (`{"type": "function", "function": {"name", "arguments"}}`), each tool
+/// result as a `tool` message (an error prefixed by `Error: `), `system`
+/// notes folded into the following turn. A final assistant turn without
+/// calls is returned apart: it is a prefill.
+fn template_conversation(
+    messages: &[InputMessage],
+    marks: &mut Marks,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
+    }
+    let mut out: Vec<Value> = Vec::new();
+    let mut pending_system: Option<String> = None;
+    let mut open_calls: Vec<(String, String)> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        let mut call_ids = Vec::new();
+        let mut results: Vec<Value> = Vec::new();
+        let blocks: &[ContentBlockParam] = match &message.content {
+            MessageContent::Text(t) => {
+                text.push_str(t);
+                &[]
+            }
+            MessageContent::Blocks(blocks) => blocks,
+        };
+        for block in blocks {
+            let cache_control = match block {
+                ContentBlockParam::Text {
+                    text: t,
+                    cache_control,
+                } => {
+                    push_paragraph(&mut text, t);
+                    cache_control
+                }
+                ContentBlockParam::Image {} => {
+                    push_paragraph(&mut text, "[image omitted: this model reads text only]");
+                    &None
+                }
+                ContentBlockParam::Document {
+                    source,
+                    cache_control,
+                } => {
+                    let data = source.get("data").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "messages.{i}: only plain-text documents are supported"
+                        ))
+                    })?;
+                    push_paragraph(&mut text, data);
+                    cache_control
+                }
+                ContentBlockParam::ToolUse {
+                    id,
+                    name,
+                    input,
+                    cache_control,
+                } => {
+                    if message.role != Role::Assistant {
+                        return Err(ApiError::invalid(format!(
+                            "messages.{i}: tool_use blocks belong in assistant messages"
+                        )));
+                    }
+                    calls.push(json!({
+                        "type": "function",
+                        "function": {"name": name, "arguments": input},
+                    }));
+                    call_ids.push((id.clone(), name.clone()));
+                    // The template writes the calls: mark the text before them.
+                    cache_control
+                }
+                ContentBlockParam::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                    cache_control,
+                } => {
+                    let name = open_calls
+                        .iter()
+                        .find(|(id, _)| id == tool_use_id)
+                        .map(|(_, name)| name.clone())
+                        .ok_or_else(|| {
+                            ApiError::invalid(format!(
+                                "messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: {tool_use_id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                            ))
+                        })?;
+                    let prefix = if is_error.unwrap_or(false) {
+                        "Error: "
+                    } else {
+                        ""
+                    };
+                    let mut body = format!("{prefix}{}", tool_result_text(content.as_ref()));
+                    if let Some(cc) = cache_control {
+                        marks.mark(&mut body, cc);
+                    }
+                    results.push(json!({"role": "tool", "name": name, "content": body}));
+                    &None
+                }
+                ContentBlockParam::Thinking {}
+                | ContentBlockParam::RedactedThinking {}
+                | ContentBlockParam::Other => &None,
+            };
+            if let Some(cc) = cache_control {
+                marks.mark(&mut text, cc);
+            }
+        }
+        match message.role {
+            Role::System => {
+                push_paragraph(pending_system.get_or_insert_with(String::new), &text);
+                continue;
+            }
+            Role::Assistant => open_calls = call_ids,
+            Role::User => open_calls.clear(),
+        }
+        if let Some(note) = pending_system.take() {
+            let mut folded = note;
+            push_paragraph(&mut folded, &text);
+            text = folded;
+        }
+        out.extend(results);
+        match message.role {
+            Role::Assistant if calls.is_empty() => {
+                out.push(json!({"role": "assistant", "content": text}));
+            }
+            Role::Assistant => {
+                out.push(json!({"role": "assistant", "content": text, "tool_calls": calls}));
+            }
+            _ if text.is_empty()
+                && blocks
+                    .iter()
+                    .any(|b| matches!(b, ContentBlockParam::ToolResult { .. })) => {}
+            _ => out.push(json!({"role": "user", "content": text})),
+        }
+    }
+    if let Some(note) = pending_system {
+        out.push(json!({"role": "user", "content": note}));
+    }
+    let prefill = match out.last() {
+        Some(last) if last["role"] == "assistant" && last.get("tool_calls").is_none() => out
+            .pop()
+            .and_then(|m| m["content"].as_str().map(str::to_string)),
+        _ => None,
+    };
+    Ok((out, prefill))
 }
 
 /// The conversation as (role, text) turns: consecutive turns of one role

@@ -29,23 +29,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut described = Vec::new();
     if !args.json {
         println!(
-            "| {:<16} | {:>9} | {:>8} | {:>8} | {:>10} | {:>7} | {:>6} | {:>18} |",
+            "| {:<16} | {:>9} | {:>8} | {:>8} | {:>10} | {:>7} | {:>13} | {:>18} |",
             "model", "size", "params", "active", "peak RSS", "threads", "test", "t/s"
         );
         println!(
-            "|{:-<18}|{:->11}|{:->10}|{:->10}|{:->12}|{:->9}|{:->8}|{:->20}|",
+            "|{:-<18}|{:->11}|{:->10}|{:->10}|{:->12}|{:->9}|{:->15}|{:->20}|",
             "", "", "", "", "", "", "", ""
         );
     }
+    if !args.json {
+        eprintln!("{}", showdown_engine::kernels::cpu_features());
+    }
     for reference in &models {
         let model = resolve_model(reference, &store)?;
-        let max_test = tests
-            .iter()
-            .map(|t| match t {
-                BenchTest::Prompt(n) | BenchTest::Generate(n) => *n,
-            })
-            .max()
-            .unwrap_or(0);
+        let max_test = tests.iter().map(BenchTest::tokens).max().unwrap_or(0)
+            + args.depths.iter().copied().max().unwrap_or(0);
         // Each model's peak, not the largest so far.
         ResidentMemory::reset_peak();
         let engine = load_engine(&model, None)?;
@@ -55,12 +53,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             model.name,
             engine.context_length()
         );
-        for &test in &tests {
-            let result = run_bench_test(&engine, &model.name, test, args.repetitions.max(1))?;
+        for (&depth, &test) in args
+            .depths
+            .iter()
+            .flat_map(|d| std::iter::repeat(d).zip(&tests))
+        {
+            let result =
+                run_bench_test(&engine, &model.name, test, depth, args.repetitions.max(1))?;
             let info = describe_bench_model(&engine, &model.name, threads);
             if !args.json {
                 println!(
-                    "| {:<16} | {:>9} | {:>7.1}M | {:>7.1}M | {:>10} | {:>7} | {:>6} | {:>9.2} ± {:>6.2} |",
+                    "| {:<16} | {:>9} | {:>7.1}M | {:>7.1}M | {:>10} | {:>7} | {:>13} | {:>9.2} ± {:>6.2} |",
                     info.model,
                     mib(info.file_bytes),
                     info.total_parameters as f64 / 1e6,
@@ -77,7 +80,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         described.push(describe_bench_model(&engine, &model.name, threads));
     }
     if args.json {
-        let out = serde_json::json!({ "models": described, "results": rows });
+        let out = serde_json::json!({
+            "kernels": showdown_engine::kernels::cpu_features(),
+            "models": described,
+            "results": rows,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())

@@ -42,6 +42,7 @@ pub(crate) enum KeyMask {
 
 impl KeyMask {
     /// Causal over everything before, no window.
+    #[cfg(test)]
     pub(crate) fn causal(offset: usize) -> Self {
         KeyMask::Causal {
             offset,

@@ -8,17 +8,16 @@
 //! Norm weights are used as stored: the GGUF conversion already folds in
 //! Gemma's `1 + weight`.
 
-use std::sync::Arc;
-
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
-use crate::models::attention::{attention, KeyMask};
-use crate::models::llama::{Activation, Mlp, RmsNorm, RotaryEmbedding};
+use crate::models::layers::{
+    Activation, AttentionShape, Embeddings, Linear, Mlp, RmsNorm, RopeStyle, RotaryEmbedding,
+    SelfAttention,
+};
 use crate::models::ModelInfo;
 
 /// Rotary base of the local (sliding-window) layers, fixed by Gemma 3.
@@ -92,90 +91,9 @@ impl Config {
 }
 
 #[derive(Debug, Clone)]
-struct Attention {
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
-    n_head: usize,
-    n_kv_head: usize,
-    head_dim: usize,
-    window: Option<usize>,
-}
-
-impl Attention {
-    fn new(
-        gguf: &Gguf,
-        prefix: &str,
-        cfg: &Config,
-        window: Option<usize>,
-        device: &Device,
-    ) -> Result<Self> {
-        let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
-        let norm = |name: &str| RmsNorm::in_block(gguf, prefix, name, cfg.rms_norm_eps, device);
-        Ok(Self {
-            q: w("attn_q")?,
-            k: w("attn_k")?,
-            v: w("attn_v")?,
-            o: w("attn_output")?,
-            q_norm: norm("attn_q_norm")?,
-            k_norm: norm("attn_k_norm")?,
-            n_head: cfg.num_attention_heads,
-            n_kv_head: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-            window,
-        })
-    }
-
-    fn forward(
-        &self,
-        xs: &Tensor,
-        rope: &RotaryEmbedding,
-        layer: usize,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let (b, seq, _) = xs.dims3()?;
-        let offset = cache.len();
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, seq, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = self
-            .q_norm
-            .forward(&heads(self.q.forward(xs)?, self.n_head)?)?;
-        let k = self
-            .k_norm
-            .forward(&heads(self.k.forward(xs)?, self.n_kv_head)?)?;
-        let v = heads(self.v.forward(xs)?, self.n_kv_head)?;
-        let q = rope.apply_neox(&q, offset)?;
-        let k = rope.apply_neox(&k, offset)?;
-        let (k, v) = cache.append(layer, &k, &v)?;
-        let kv_len = offset + seq;
-        let y = match self.window {
-            // One query: keep only the keys inside its window, no mask needed.
-            Some(w) if seq == 1 && kv_len > w => attention(
-                &q,
-                &k.narrow(2, kv_len - w, w)?,
-                &v.narrow(2, kv_len - w, w)?,
-                KeyMask::All,
-            )?,
-            _ if seq == 1 => attention(&q, &k, &v, KeyMask::All)?,
-            window => attention(&q, &k, &v, KeyMask::Causal { offset, window })?,
-        };
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, seq, self.n_head * self.head_dim))?;
-        Ok(self.o.forward(&y)?)
-    }
-}
-
-#[derive(Debug, Clone)]
 struct DecoderLayer {
     attn_norm: RmsNorm,
-    attn: Attention,
+    attn: SelfAttention,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
     mlp: Mlp,
@@ -185,10 +103,10 @@ struct DecoderLayer {
 
 /// A Gemma 3 model: weights only; the KV cache is passed in.
 pub struct Model {
-    embed: QMatMul,
+    embed: Embeddings,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
     rope_global: RotaryEmbedding,
     rope_local: RotaryEmbedding,
     config: Config,
@@ -201,14 +119,14 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         let cfg = Config::from_gguf(gguf)?;
         // Rows are dequantized on lookup: a 262k-token table stays quantized
-        // (170 MB as Q8_0 instead of 670 MB as f32) and is shared with the
-        // output head when the embeddings are tied.
-        let embed_q = Arc::new(gguf.tensor("token_embd.weight", device)?);
-        let embed = QMatMul::from_arc(embed_q.clone())?;
+        // (170 MB as Q8_0 instead of 670 MB as f32) and is the output head
+        // itself when the embeddings are tied.
+        let table = Linear::load(gguf, "token_embd.weight", device)?;
+        let embed = Embeddings::from_linear(&table);
         let output = if gguf.has_tensor("output.weight") {
-            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+            Linear::load(gguf, "output.weight", device)?
         } else {
-            QMatMul::from_arc(embed_q)?
+            table
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -218,11 +136,17 @@ impl Model {
             let sliding = cfg.is_sliding(i);
             layers.push(DecoderLayer {
                 attn_norm: norm("attn_norm")?,
-                attn: Attention::new(
+                attn: SelfAttention::new(
                     gguf,
                     &prefix,
-                    &cfg,
-                    sliding.then_some(cfg.sliding_window),
+                    AttentionShape {
+                        n_head: cfg.num_attention_heads,
+                        n_kv_head: cfg.num_key_value_heads,
+                        head_dim: cfg.head_dim,
+                        rope: RopeStyle::Neox,
+                        window: sliding.then_some(cfg.sliding_window),
+                        rms_norm_eps: cfg.rms_norm_eps,
+                    },
                     device,
                 )?,
                 post_attn_norm: norm("post_attention_norm")?,
@@ -274,8 +198,8 @@ impl Model {
     /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
     pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let seq = tokens.len();
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mut xs = (self.embed.embedding(&input)? * (self.config.hidden_size as f64).sqrt())?;
+        let mut xs =
+            (self.embed.forward(tokens, &self.device)? * (self.config.hidden_size as f64).sqrt())?;
         for (i, layer) in self.layers.iter().enumerate() {
             let rope = if layer.sliding {
                 &self.rope_local

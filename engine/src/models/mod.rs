@@ -4,6 +4,7 @@
 
 mod attention;
 pub mod gemma3;
+pub(crate) mod layers;
 pub mod llama;
 mod moe;
 pub mod qwen3;
@@ -16,7 +17,7 @@ use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
 
 /// Architectures the engine can load, by `general.architecture`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen3", "qwen3moe"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "qwen3moe"];
 
 /// Facts about a loaded model, for reports and the models page.
 #[derive(Debug, Clone, Serialize)]
@@ -45,7 +46,7 @@ pub enum Model {
     Llama(llama::Model),
     /// Gemma 3.
     Gemma3(gemma3::Model),
-    /// Qwen 3, dense or MoE.
+    /// Qwen 2 / 2.5 and Qwen 3, dense or MoE.
     Qwen3(qwen3::Model),
 }
 
@@ -55,7 +56,9 @@ impl Model {
         match gguf.architecture() {
             "llama" => Ok(Self::Llama(llama::Model::from_gguf(gguf, device)?)),
             "gemma3" => Ok(Self::Gemma3(gemma3::Model::from_gguf(gguf, device)?)),
-            "qwen3" | "qwen3moe" => Ok(Self::Qwen3(qwen3::Model::from_gguf(gguf, device)?)),
+            "qwen2" | "qwen3" | "qwen3moe" => {
+                Ok(Self::Qwen3(qwen3::Model::from_gguf(gguf, device)?))
+            }
             other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
         }
     }

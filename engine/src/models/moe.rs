@@ -9,17 +9,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
-use crate::models::llama::{Activation, Mlp};
+use crate::models::layers::{Activation, Linear, Mlp};
 
 /// One layer's experts, router and invocation counters.
 #[derive(Debug)]
 pub(crate) struct SparseMoe {
-    router: QMatMul,
+    router: Linear,
     experts: Vec<Mlp>,
     top_k: usize,
     /// Rescale the selected weights to sum to one (mixtral, most qwen3_moe).
@@ -46,10 +45,10 @@ impl SparseMoe {
                 "expert_used_count {top_k} must be between 1 and expert_count {n_expert}"
             )));
         }
-        let router = gguf.qmatmul(&format!("{prefix}.ffn_gate_inp.weight"), device)?;
+        let router = Linear::in_block(gguf, prefix, "ffn_gate_inp", device)?;
         let experts = if gguf.has_tensor(&format!("{prefix}.ffn_gate_exps.weight")) {
             let split = |name: &str| {
-                gguf.expert_tensors(&format!("{prefix}.{name}.weight"), n_expert, device)
+                gguf.expert_linears(&format!("{prefix}.{name}.weight"), n_expert, device)
             };
             let (gate, up, down) = (
                 split("ffn_gate_exps")?,
@@ -59,20 +58,14 @@ impl SparseMoe {
             gate.into_iter()
                 .zip(up)
                 .zip(down)
-                .map(|((g, u), d)| {
-                    Ok(Mlp::from_weights(
-                        QMatMul::from_qtensor(g)?,
-                        QMatMul::from_qtensor(u)?,
-                        QMatMul::from_qtensor(d)?,
-                        Activation::Silu,
-                    ))
-                })
+                .map(|((g, u), d)| Ok(Mlp::from_weights(g, u, d, Activation::Silu)))
                 .collect::<Result<Vec<_>>>()?
         } else {
             (0..n_expert)
                 .map(|i| {
-                    let w =
-                        |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.{i}.weight"), device);
+                    let w = |name: &str| {
+                        Linear::load(gguf, &format!("{prefix}.{name}.{i}.weight"), device)
+                    };
                     Ok(Mlp::from_weights(
                         w("ffn_gate")?,
                         w("ffn_up")?,

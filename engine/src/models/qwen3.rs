@@ -1,23 +1,27 @@
-//! Qwen 3 in GGUF layout, dense (`qwen3`) and mixture-of-experts
-//! (`qwen3moe`, the layout of Qwen3-30B-A3B and its successors): pre-norm
-//! blocks with RMSNorm, grouped-query attention with per-head q/k RMSNorm
-//! before half-split ("NeoX") rotary embeddings, and a SwiGLU feed-forward —
+//! Qwen 2 / 2.5 (`qwen2`) and Qwen 3 in GGUF layout, dense (`qwen3`) and
+//! mixture-of-experts (`qwen3moe`, the layout of Qwen3-30B-A3B and its
+//! successors): pre-norm blocks with RMSNorm, grouped-query attention with
+//! half-split ("NeoX") rotary embeddings — Qwen 2 with biases on the q/k/v
+//! projections, Qwen 3 with per-head q/k RMSNorm instead (the shared
+//! attention block reads which from the file's tensors) — and a SwiGLU
+//! feed-forward —
 //! dense, or a sparse MoE whose router takes a softmax over all experts, keeps
 //! the top `expert_used_count` and renormalises their weights (llama.cpp
 //! always renormalises for `qwen3moe`, as Qwen3-MoE's `norm_topk_prob` says).
-//! References: llama.cpp `llm_build_qwen3` / `llm_build_qwen3moe`,
-//! candle-transformers `quantized_qwen3`.
+//! References: llama.cpp `llm_build_qwen2` / `llm_build_qwen3` /
+//! `llm_build_qwen3moe`, candle-transformers `quantized_qwen2` /
+//! `quantized_qwen3`.
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::Embedding;
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
-use crate::models::attention::{attention, KeyMask};
-use crate::models::llama::{Activation, FeedForward, Mlp, RmsNorm, RotaryEmbedding};
+use crate::models::layers::{
+    Activation, AttentionShape, Embeddings, FeedForward, Linear, Mlp, RmsNorm, RopeStyle,
+    RotaryEmbedding, SelfAttention,
+};
 use crate::models::moe::SparseMoe;
 use crate::models::ModelInfo;
 
@@ -36,7 +40,7 @@ pub struct Config {
     pub num_attention_heads: usize,
     /// Key/value heads.
     pub num_key_value_heads: usize,
-    /// Per-head size (Qwen 3 sets it apart from hidden / heads).
+    /// Per-head size (Qwen 3 sets it apart from hidden / heads; Qwen 2 does not).
     pub head_dim: usize,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
@@ -53,7 +57,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads `qwen3.*` or `qwen3moe.*` metadata.
+    /// Reads `qwen2.*`, `qwen3.*` or `qwen3moe.*` metadata.
     pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
         let hidden_size = gguf.arch_u32("embedding_length")? as usize;
         let num_attention_heads = gguf.arch_u32("attention.head_count")? as usize;
@@ -86,88 +90,20 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Attention {
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
-    n_head: usize,
-    n_kv_head: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn new(gguf: &Gguf, prefix: &str, cfg: &Config, device: &Device) -> Result<Self> {
-        let w = |name: &str| gguf.qmatmul(&format!("{prefix}.{name}.weight"), device);
-        let norm = |name: &str| RmsNorm::in_block(gguf, prefix, name, cfg.rms_norm_eps, device);
-        Ok(Self {
-            q: w("attn_q")?,
-            k: w("attn_k")?,
-            v: w("attn_v")?,
-            o: w("attn_output")?,
-            q_norm: norm("attn_q_norm")?,
-            k_norm: norm("attn_k_norm")?,
-            n_head: cfg.num_attention_heads,
-            n_kv_head: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-        })
-    }
-
-    fn forward(
-        &self,
-        xs: &Tensor,
-        rope: &RotaryEmbedding,
-        layer: usize,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let (b, seq, _) = xs.dims3()?;
-        let offset = cache.len();
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, seq, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = self
-            .q_norm
-            .forward(&heads(self.q.forward(xs)?, self.n_head)?)?;
-        let k = self
-            .k_norm
-            .forward(&heads(self.k.forward(xs)?, self.n_kv_head)?)?;
-        let v = heads(self.v.forward(xs)?, self.n_kv_head)?;
-        let q = rope.apply_neox(&q, offset)?;
-        let k = rope.apply_neox(&k, offset)?;
-        let (k, v) = cache.append(layer, &k, &v)?;
-        let mask = if seq > 1 {
-            KeyMask::causal(offset)
-        } else {
-            KeyMask::All
-        };
-        let y = attention(&q, &k, &v, mask)?.transpose(1, 2)?.reshape((
-            b,
-            seq,
-            self.n_head * self.head_dim,
-        ))?;
-        Ok(self.o.forward(&y)?)
-    }
-}
-
 #[derive(Debug)]
 struct DecoderLayer {
     attn_norm: RmsNorm,
-    attn: Attention,
+    attn: SelfAttention,
     ffn_norm: RmsNorm,
     mlp: FeedForward,
 }
 
-/// A Qwen 3 model, dense or MoE: weights only; the KV cache is passed in.
+/// A Qwen 2 or Qwen 3 model, dense or MoE: weights only; the KV cache is passed in.
 pub struct Model {
-    embed: Embedding,
+    embed: Embeddings,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
     rope: RotaryEmbedding,
     config: Config,
     info: ModelInfo,
@@ -175,16 +111,16 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads weights from a `qwen3` or `qwen3moe` GGUF.
+    /// Loads weights from a `qwen2`, `qwen3` or `qwen3moe` GGUF.
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         let cfg = Config::from_gguf(gguf)?;
-        let embed_q = gguf.tensor("token_embd.weight", device)?;
-        let embed = Embedding::new(embed_q.dequantize(device)?, cfg.hidden_size);
+        let table = Linear::load(gguf, "token_embd.weight", device)?;
+        let embed = Embeddings::from_linear(&table);
         let tied = !gguf.has_tensor("output.weight");
         let output = if tied {
-            embed_q
+            table
         } else {
-            gguf.tensor("output.weight", device)?
+            Linear::load(gguf, "output.weight", device)?
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -193,7 +129,19 @@ impl Model {
                 |name: &str| RmsNorm::in_block(gguf, &prefix, name, cfg.rms_norm_eps, device);
             layers.push(DecoderLayer {
                 attn_norm: norm("attn_norm")?,
-                attn: Attention::new(gguf, &prefix, &cfg, device)?,
+                attn: SelfAttention::new(
+                    gguf,
+                    &prefix,
+                    AttentionShape {
+                        n_head: cfg.num_attention_heads,
+                        n_kv_head: cfg.num_key_value_heads,
+                        head_dim: cfg.head_dim,
+                        rope: RopeStyle::Neox,
+                        window: None,
+                        rms_norm_eps: cfg.rms_norm_eps,
+                    },
+                    device,
+                )?,
                 ffn_norm: norm("ffn_norm")?,
                 mlp: if cfg.num_experts > 0 {
                     FeedForward::Moe(SparseMoe::new(
@@ -230,7 +178,7 @@ impl Model {
             embed,
             layers,
             norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
-            output: QMatMul::from_qtensor(output)?,
+            output,
             rope: RotaryEmbedding::new(
                 cfg.head_dim,
                 cfg.rope_theta,
@@ -267,8 +215,7 @@ impl Model {
     /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
     pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let seq = tokens.len();
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mut xs = self.embed.forward(&input)?;
+        let mut xs = self.embed.forward(tokens, &self.device)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer
                 .attn

@@ -1,0 +1,436 @@
+//! Layers every architecture shares: projections ([`Linear`]), token
+//! embeddings, RMSNorm, rotary embeddings, self-attention over the KV cache
+//! and the gated feed-forward.
+//!
+//! A projection on the CPU runs the engine's own kernels over weights
+//! repacked at load ([`crate::kernels`]); on Metal or CUDA, or for a weight
+//! format without kernels, it runs candle's `QMatMul`, so the device builds
+//! keep working through candle's backends.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
+
+use crate::error::Result;
+use crate::gguf::Gguf;
+use crate::kernels::PackedMatrix;
+use crate::kv_cache::KvCache;
+use crate::models::attention::{attention, KeyMask};
+use crate::models::moe::SparseMoe;
+
+/// A weight matrix `y = x · Wᵀ`.
+#[derive(Debug, Clone)]
+pub(crate) enum Linear {
+    /// The engine's kernels (CPU).
+    Packed(Arc<PackedMatrix>),
+    /// candle's quantized matmul (other devices, other formats).
+    Candle(QMatMul),
+}
+
+impl Linear {
+    /// The weight `name`, packed for the CPU when the kernels handle it.
+    pub(crate) fn load(gguf: &Gguf, name: &str, device: &Device) -> Result<Self> {
+        if let Some(packed) = gguf.packed(name, device)? {
+            return Ok(Self::Packed(Arc::new(packed)));
+        }
+        Ok(Self::Candle(QMatMul::from_qtensor(
+            gguf.tensor(name, device)?,
+        )?))
+    }
+
+    /// `{prefix}.{name}.weight`.
+    pub(crate) fn in_block(gguf: &Gguf, prefix: &str, name: &str, device: &Device) -> Result<Self> {
+        Self::load(gguf, &format!("{prefix}.{name}.weight"), device)
+    }
+
+    /// `(…, k)` → `(…, n)`.
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed(w) => Ok(xs.contiguous()?.apply_op1_no_bwd(&PackedOp(w.as_ref()))?),
+            Self::Candle(w) => Ok(w.forward(xs)?),
+        }
+    }
+}
+
+/// The packed matmul as a candle op, so it composes with tensors.
+struct PackedOp<'a>(&'a PackedMatrix);
+
+impl CustomOp1 for PackedOp<'_> {
+    fn name(&self) -> &'static str {
+        "showdown-packed-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let w = self.0;
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("packed matmul expects f32 input");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed matmul expects a contiguous input");
+        };
+        let dims = layout.dims();
+        if dims.last() != Some(&w.k()) {
+            candle_core::bail!("packed matmul: input {dims:?} does not end in {}", w.k());
+        }
+        let m = (end - start) / w.k();
+        let mut out = vec![0f32; m * w.n()];
+        w.matmul(&data[start..end], m, &mut out);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank ≥ 1") = w.n();
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// A token embedding table, rows dequantized on lookup so the table stays
+/// quantized (and, when the output head is tied to it, is the head's packed
+/// matrix itself).
+#[derive(Debug, Clone)]
+pub(crate) enum Embeddings {
+    /// Rows read out of a packed matrix.
+    Packed(Arc<PackedMatrix>),
+    /// candle's quantized tensor (other devices, other formats).
+    Candle(QMatMul),
+}
+
+impl Embeddings {
+    /// `token_embd.weight`, sharing `output` when it is the same matrix.
+    pub(crate) fn from_linear(table: &Linear) -> Self {
+        match table {
+            Linear::Packed(w) => Self::Packed(w.clone()),
+            Linear::Candle(w) => Self::Candle(w.clone()),
+        }
+    }
+
+    /// `(1, seq)` token ids → `(1, seq, hidden)`.
+    pub(crate) fn forward(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Packed(w) => {
+                let hidden = w.k();
+                let mut values = vec![0f32; tokens.len() * hidden];
+                for (row, &token) in values.chunks_exact_mut(hidden).zip(tokens) {
+                    if token as usize >= w.n() {
+                        return Err(crate::error::EngineError::InvalidRequest(format!(
+                            "token id {token} is outside the vocabulary of {}",
+                            w.n()
+                        )));
+                    }
+                    w.dequantize_column(token as usize, row);
+                }
+                Ok(Tensor::from_vec(values, (1, tokens.len(), hidden), device)?)
+            }
+            Self::Candle(w) => {
+                let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+                Ok(w.embedding(&input)?)
+            }
+        }
+    }
+}
+
+/// RMSNorm with a dequantized weight.
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(gguf: &Gguf, name: &str, eps: f64, device: &Device) -> Result<Self> {
+        let weight = gguf.tensor(name, device)?.dequantize(device)?;
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
+    }
+
+    /// The norm `{prefix}.{name}.weight` of one block.
+    pub(crate) fn in_block(
+        gguf: &Gguf,
+        prefix: &str,
+        name: &str,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::new(gguf, &format!("{prefix}.{name}.weight"), eps, device)
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(xs, &self.weight, self.eps)?)
+    }
+}
+
+/// Precomputed rotary tables, `(context, head_dim / 2)`.
+#[derive(Debug, Clone)]
+pub(crate) struct RotaryEmbedding {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryEmbedding {
+    pub(crate) fn new(
+        head_dim: usize,
+        theta: f32,
+        max_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv_freq: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / theta.powf(i as f32 / head_dim as f32))
+            .collect();
+        let inv_freq = Tensor::new(inv_freq.as_slice(), device)?;
+        let positions = Tensor::arange(0, max_len as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_len, 1))?;
+        let angles = positions.matmul(&inv_freq.reshape((1, ()))?)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    /// Half-split ("NeoX") rotation (pairs `i`, `i + d/2`) of `(b, heads, seq, head_dim)`.
+    pub(crate) fn apply_neox(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let seq = xs.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
+        Ok(candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)?)
+    }
+
+    /// Interleaved rotation (pairs `2i`, `2i+1`) of `(b, heads, seq, head_dim)`.
+    pub(crate) fn apply_interleaved(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let seq = xs.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
+        Ok(candle_nn::rotary_emb::rope_i(
+            &xs.contiguous()?,
+            &cos,
+            &sin,
+        )?)
+    }
+}
+
+/// The gate's activation in a gated feed-forward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Activation {
+    /// SiLU (llama family).
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+}
+
+/// Gated feed-forward: `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub(crate) struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    pub(crate) fn new(
+        gguf: &Gguf,
+        prefix: &str,
+        activation: Activation,
+        device: &Device,
+    ) -> Result<Self> {
+        let w = |name: &str| Linear::in_block(gguf, prefix, name, device);
+        Ok(Self {
+            gate: w("ffn_gate")?,
+            up: w("ffn_up")?,
+            down: w("ffn_down")?,
+            activation,
+        })
+    }
+
+    pub(crate) fn from_weights(
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+        activation: Activation,
+    ) -> Self {
+        Self {
+            gate,
+            up,
+            down,
+            activation,
+        }
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(xs)?;
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let up = self.up.forward(xs)?;
+        self.down.forward(&(gate * up)?)
+    }
+}
+
+/// A dense or a sparse (mixture-of-experts) feed-forward.
+#[derive(Debug)]
+pub(crate) enum FeedForward {
+    Dense(Mlp),
+    Moe(SparseMoe),
+}
+
+impl FeedForward {
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(xs),
+            Self::Moe(moe) => moe.forward(xs),
+        }
+    }
+
+    /// Token rows each expert has computed since load; `None` when dense.
+    pub(crate) fn expert_rows(&self) -> Option<Vec<u64>> {
+        match self {
+            Self::Dense(_) => None,
+            Self::Moe(moe) => Some(moe.expert_rows()),
+        }
+    }
+}
+
+/// How a model rotates query and key pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RopeStyle {
+    /// Pairs `2i`, `2i + 1` (llama: GGUF permutes q/k rows for it).
+    Interleaved,
+    /// Pairs `i`, `i + d/2` (NeoX: Qwen, Gemma).
+    Neox,
+}
+
+/// What distinguishes one architecture's attention block from another's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rope: RopeStyle,
+    /// Sliding window of the layer, if any.
+    pub window: Option<usize>,
+    /// RMSNorm epsilon of per-head q/k norms, when the file has them.
+    pub rms_norm_eps: f64,
+}
+
+/// Grouped-query self-attention over the engine's KV cache: projections
+/// (with biases when the file has `attn_{q,k,v}.bias`), per-head q/k RMSNorm
+/// when it has `attn_{q,k}_norm`, rotary embeddings, an optional sliding
+/// window, and the output projection. Shared by every architecture.
+#[derive(Debug, Clone)]
+pub(crate) struct SelfAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_bias: Option<Tensor>,
+    k_bias: Option<Tensor>,
+    v_bias: Option<Tensor>,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    shape: AttentionShape,
+}
+
+impl SelfAttention {
+    /// Block `prefix`'s attention tensors.
+    pub(crate) fn new(
+        gguf: &Gguf,
+        prefix: &str,
+        shape: AttentionShape,
+        device: &Device,
+    ) -> Result<Self> {
+        let w = |name: &str| Linear::in_block(gguf, prefix, name, device);
+        let bias = |name: &str| -> Result<Option<Tensor>> {
+            let name = format!("{prefix}.{name}.bias");
+            if !gguf.has_tensor(&name) {
+                return Ok(None);
+            }
+            Ok(Some(gguf.tensor(&name, device)?.dequantize(device)?))
+        };
+        let norm = |name: &str| -> Result<Option<RmsNorm>> {
+            if !gguf.has_tensor(&format!("{prefix}.{name}.weight")) {
+                return Ok(None);
+            }
+            Ok(Some(RmsNorm::in_block(
+                gguf,
+                prefix,
+                name,
+                shape.rms_norm_eps,
+                device,
+            )?))
+        };
+        Ok(Self {
+            q: w("attn_q")?,
+            k: w("attn_k")?,
+            v: w("attn_v")?,
+            o: w("attn_output")?,
+            q_bias: bias("attn_q")?,
+            k_bias: bias("attn_k")?,
+            v_bias: bias("attn_v")?,
+            q_norm: norm("attn_q_norm")?,
+            k_norm: norm("attn_k_norm")?,
+            shape,
+        })
+    }
+
+    /// `(1, seq, hidden)` after the cache's positions → `(1, seq, hidden)`;
+    /// appends this layer's keys and values to `cache`.
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RotaryEmbedding,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let s = &self.shape;
+        let (b, seq, _) = xs.dims3()?;
+        let offset = cache.len();
+        let project = |w: &Linear, bias: &Option<Tensor>, n: usize| -> Result<Tensor> {
+            let mut t = w.forward(xs)?;
+            if let Some(bias) = bias {
+                t = t.broadcast_add(bias)?;
+            }
+            Ok(t.reshape((b, seq, n, s.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let mut q = project(&self.q, &self.q_bias, s.n_head)?;
+        let mut k = project(&self.k, &self.k_bias, s.n_kv_head)?;
+        let v = project(&self.v, &self.v_bias, s.n_kv_head)?;
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(&q)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(&k)?;
+        }
+        let (q, k) = match s.rope {
+            RopeStyle::Interleaved => (
+                rope.apply_interleaved(&q, offset)?,
+                rope.apply_interleaved(&k, offset)?,
+            ),
+            RopeStyle::Neox => (rope.apply_neox(&q, offset)?, rope.apply_neox(&k, offset)?),
+        };
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let kv_len = offset + seq;
+        let y = match s.window {
+            // One query: keep only the keys inside its window, no mask needed.
+            Some(w) if seq == 1 && kv_len > w => attention(
+                &q,
+                &k.narrow(2, kv_len - w, w)?,
+                &v.narrow(2, kv_len - w, w)?,
+                KeyMask::All,
+            )?,
+            _ if seq == 1 => attention(&q, &k, &v, KeyMask::All)?,
+            window => attention(&q, &k, &v, KeyMask::Causal { offset, window })?,
+        };
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, seq, s.n_head * s.head_dim))?;
+        self.o.forward(&y)
+    }
+}
