@@ -10,7 +10,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights as OracleLlama;
 use showdown_engine::{
-    argmax, CancelToken, Engine, GenerateParams, Gguf, IncrementalDecoder, LoadOptions,
+    argmax, CancelToken, Engine, GenerateParams, Gguf, IncrementalDecoder, Kernels, LoadOptions,
     SamplingParams, StopReason,
 };
 
@@ -51,9 +51,23 @@ fn long_prompt(engine: &Engine, target_tokens: usize) -> Vec<u32> {
     chat_prompt(engine, &format!("Summarize this file:\n{text}"))
 }
 
+/// SmolLM2 on candle's kernels: what candle-transformers computes.
+fn smollm2_on_candle() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let options = LoadOptions {
+            kernels: Kernels::Candle,
+            ..LoadOptions::default()
+        };
+        Engine::load(&smollm2_path(), &options).expect("load SmolLM2")
+    })
+}
+
+/// On candle's kernels and attention (the oracle's arithmetic) showdown's
+/// llama forward pass is candle-transformers' exactly.
 #[test]
-fn logits_match_candle_transformers_oracle() {
-    let engine = smollm2();
+fn on_candles_kernels_logits_equal_the_oracle() {
+    let engine = smollm2_on_candle();
     let mut oracle = oracle();
     for prompt in [
         chat_prompt(engine, "What is the capital of France?"),
@@ -68,46 +82,113 @@ fn logits_match_candle_transformers_oracle() {
             .unwrap();
         oracle.clear_kv_cache();
         let theirs = oracle_logits(&mut oracle, &prompt, 0);
-        let err = relative_l2(&ours, &theirs);
-        assert!(
-            err < 1e-3,
-            "relative L2 {err} on a {}-token prompt",
+        assert_eq!(
+            relative_l2(&ours, &theirs),
+            0.0,
+            "{}-token prompt",
             prompt.len()
         );
-        assert_eq!(argmax(&ours), argmax(&theirs));
     }
 }
 
+/// On the engine's kernels: its Q4_1 matmuls are candle's generic
+/// arithmetic bit for bit, the Q8_0 head and the attention sum in another
+/// f32 order (the attention over exactly the visible keys), and 30 layers of
+/// 8-bit activation rounding amplify those last bits. Measured over 8 steps
+/// after each prompt: KL from the oracle's next-token distribution 0.0007 to
+/// 0.0092 nats (relative L2 of the logits 0.9 % to 16 %: the oracle itself
+/// moves 1–6 % between its decode step and its full forward). Bound: 0.03
+/// nats, and the same greedy token wherever the oracle is not near a tie.
+#[test]
+fn on_the_engines_kernels_logits_track_the_oracle() {
+    let engine = smollm2();
+    let mut oracle = oracle();
+    for prompt in [
+        chat_prompt(engine, "What is the capital of France?"),
+        long_prompt(engine, 700),
+    ] {
+        oracle.clear_kv_cache();
+        let steps = util::oracle_steps(
+            engine,
+            |tokens, pos| oracle_logits(&mut oracle, tokens, pos),
+            &prompt,
+            8,
+        );
+        util::assert_near_oracle_steps("smollm2-135m", &steps, 0.03);
+    }
+}
+
+/// 64 greedy tokens: on candle's kernels the oracle's exactly; on the
+/// engine's, the oracle's own choice at every step but near-ties (the
+/// oracle is fed showdown's tokens, so one near-tie cannot derail the rest;
+/// measured: one step, where the oracle prefers another token by 0.14).
 #[test]
 fn greedy_64_token_continuation_matches_oracle() {
-    let engine = smollm2();
-    let prompt = chat_prompt(engine, "Write a short poem about the sea.");
+    let prompt = chat_prompt(smollm2(), "Write a short poem about the sea.");
     let params = greedy(64);
-    let mut cache = engine.new_cache();
-    let ours = engine
-        .generate(&mut cache, &prompt, &params, &CancelToken::new(), |_| {})
-        .unwrap();
-
-    let mut oracle = oracle();
-    let mut theirs = Vec::new();
-    let mut logits = oracle_logits(&mut oracle, &prompt, 0);
-    let stops = engine.tokenizer().stop_tokens();
-    for _ in 0..64 {
-        let next = argmax(&logits);
-        theirs.push(next);
-        if stops.contains(&next) {
-            break;
+    let run = |engine: &Engine| {
+        engine
+            .generate(
+                &mut engine.new_cache(),
+                &prompt,
+                &params,
+                &CancelToken::new(),
+                |_| {},
+            )
+            .unwrap()
+    };
+    let oracle_walk = |tokens: &[u32]| {
+        let mut oracle = oracle();
+        let mut logits = oracle_logits(&mut oracle, &prompt, 0);
+        let mut steps = Vec::new();
+        for (i, &token) in tokens.iter().enumerate() {
+            steps.push(logits.clone());
+            logits = oracle_logits(&mut oracle, &[token], prompt.len() + i);
         }
-        logits = oracle_logits(&mut oracle, &[next], prompt.len() + theirs.len() - 1);
-    }
+        steps
+    };
+    let on_candle = run(smollm2_on_candle());
     assert!(
-        ours.tokens.len() >= 16,
+        on_candle.tokens.len() >= 16,
         "a real continuation: {:?}",
-        ours.text
+        on_candle.text
     );
-    assert_eq!(ours.tokens, theirs, "ours: {:?}", ours.text);
+    for (i, (logits, &token)) in oracle_walk(&on_candle.tokens)
+        .iter()
+        .zip(&on_candle.tokens)
+        .enumerate()
+    {
+        assert_eq!(argmax(logits), token, "on candle's kernels, step {i}");
+    }
+
+    let ours = run(smollm2());
+    let mut near_ties = 0;
+    for (i, (logits, &token)) in oracle_walk(&ours.tokens)
+        .iter()
+        .zip(&ours.tokens)
+        .enumerate()
+    {
+        let best = argmax(logits);
+        if best != token {
+            let margin = logits[best as usize] - logits[token as usize];
+            assert!(
+                margin < NEAR_TIE,
+                "step {i}: the oracle prefers {best} by {margin}"
+            );
+            near_ties += 1;
+        }
+    }
+    assert!(near_ties <= 2, "{near_ties} near-ties in {:?}", ours.text);
 }
 
+/// The oracle's logit margin below which its preferring another token is a
+/// near-tie.
+const NEAR_TIE: f32 = 0.5;
+
+/// A one-token step over the cache gives exactly the logits of a full
+/// forward over the same tokens: every kernel computes a row the same way
+/// whatever the other rows (matmuls, and attention over exactly the keys a
+/// query sees), which is what makes a cached prefix as good as a fresh one.
 #[test]
 fn incremental_decode_equals_full_forward() {
     let engine = smollm2();
@@ -134,8 +215,7 @@ fn incremental_decode_equals_full_forward() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let err = relative_l2(&step, &full);
-        eprintln!("step {} relative L2 {err}", seen.len());
+        assert_eq!(step, full, "step at {} tokens", seen.len());
     }
 }
 
@@ -163,7 +243,10 @@ fn truncated_and_forked_caches_continue_like_fresh_runs() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert!(relative_l2(&resumed, &fresh) < 1e-4);
+    assert_eq!(
+        resumed, fresh,
+        "a truncated cache continues exactly like a fresh run"
+    );
 
     // The fork still holds all of `a`, untouched by the truncation and reuse.
     let mut fork = fork;
@@ -183,7 +266,10 @@ fn truncated_and_forked_caches_continue_like_fresh_runs() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert!(relative_l2(&from_fork, &fresh) < 1e-4);
+    assert_eq!(
+        from_fork, fresh,
+        "a fork continues exactly like a fresh run"
+    );
 }
 
 #[test]
@@ -201,11 +287,9 @@ fn generate_reuses_the_cached_prefix_and_chunks_long_prompts() {
         .unwrap();
     assert_eq!(warm.timings.cached_tokens, prompt.len() - 1);
     // The warm run decodes the last prompt token as a one-token step where the
-    // cold run prefilled it in a chunk (see incremental_decode_equals_full_forward
-    // for why that is close, not bit-equal): the answer starts the same.
+    // cold run prefilled it in a chunk: the same logits, so the same answer.
     assert_eq!(
-        cold.tokens[..4],
-        warm.tokens[..4],
+        cold.tokens, warm.tokens,
         "a cached prefix must not change the answer"
     );
     assert_eq!(
@@ -393,4 +477,29 @@ fn bad_model_files_and_prompts_get_clear_errors() {
         prompt.len() + out.tokens.len() <= 65,
         "generation stops at the context"
     );
+}
+
+/// Any thread count gives the same tokens: the kernels split work between
+/// threads, never one output's arithmetic. (Separate processes: the kernel
+/// pool is sized once per process, by `--threads`.)
+#[test]
+fn one_or_three_threads_generate_the_same_text() {
+    let env = util::TestEnv::new();
+    let generate = |threads: &str| {
+        env.showdown_with_models(&[
+            "--threads",
+            threads,
+            "generate",
+            "--model",
+            "smollm2-135m",
+            "--max-tokens",
+            "40",
+            "Describe a lighthouse at night.",
+        ])
+        .success()
+        .stdout
+    };
+    let one = generate("1");
+    assert!(one.split_whitespace().count() > 10, "{one:?}");
+    assert_eq!(one, generate("3"));
 }

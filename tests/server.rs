@@ -18,10 +18,15 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server for the pinned SmolLM2 with `config` (its address is ignored).
     pub fn start(config: ServeConfig) -> Self {
+        Self::start_model("smollm2-135m", config)
+    }
+
+    /// Starts a server for the pinned model `name` with `config`.
+    pub fn start_model(name: &str, config: ServeConfig) -> Self {
         let store = ModelStore::from_env().expect("model store");
-        let model = resolve_model("smollm2-135m", &store)
-            .expect("smollm2-135m is pulled (run ./scripts/test, which pulls it)");
-        let engine = showdown::load_engine(&model, None).expect("load smollm2-135m");
+        let model = resolve_model(name, &store)
+            .unwrap_or_else(|e| panic!("{name} is not pulled (run ./scripts/test): {e:#}"));
+        let engine = showdown::load_engine(&model, None).expect("load the model");
         let state = Arc::new(AppState::new(config, vec![(model, engine)]).expect("app state"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         listener.set_nonblocking(true).unwrap();
@@ -693,6 +698,26 @@ async fn disconnect_cancels_generation() {
 /// SHOWDOWN_SDK_PYTHON).
 #[test]
 fn anthropic_python_sdk() {
+    sdk_check("smollm2-135m");
+}
+
+/// The same SDK checks on Qwen2.5-Coder-0.5B, whose own chat template
+/// renders the tools, calls and results.
+#[test]
+fn anthropic_python_sdk_on_qwen2_with_the_models_own_tool_template() {
+    sdk_check("qwen2.5-coder-0.5b");
+}
+
+/// The same on Qwen2.5-Coder-1.5B: not in CI (a 1 GiB download and a slower
+/// model); run it with `cargo test -- --ignored anthropic_python_sdk_on_qwen2_1_5b`
+/// after `showdown models pull qwen2.5-coder-1.5b`.
+#[test]
+#[ignore = "needs qwen2.5-coder-1.5b (1 GiB), not pulled in CI"]
+fn anthropic_python_sdk_on_qwen2_1_5b() {
+    sdk_check("qwen2.5-coder-1.5b");
+}
+
+fn sdk_check(model: &str) {
     let python = std::env::var("SHOWDOWN_SDK_PYTHON").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/sdk-venv/bin/python").to_string()
     });
@@ -700,10 +725,13 @@ fn anthropic_python_sdk() {
         std::path::Path::new(&python).exists(),
         "no Python with the anthropic SDK at {python}: run ./scripts/test, which installs it"
     );
-    let server = TestServer::start(ServeConfig {
-        api_key: Some("sk-sdk-test".into()),
-        ..ServeConfig::default()
-    });
+    let server = TestServer::start_model(
+        model,
+        ServeConfig {
+            api_key: Some("sk-sdk-test".into()),
+            ..ServeConfig::default()
+        },
+    );
     let output = std::process::Command::new(&python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -711,14 +739,14 @@ fn anthropic_python_sdk() {
         ))
         .env("ANTHROPIC_BASE_URL", &server.base)
         .env("ANTHROPIC_API_KEY", "sk-sdk-test")
-        .env("SHOWDOWN_MODEL", "smollm2-135m")
+        .env("SHOWDOWN_MODEL", model)
         .output()
         .expect("run the SDK check");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "SDK check failed:\n{stdout}\n{stderr}"
+        "SDK check failed on {model}:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("all SDK checks passed"), "{stdout}");
 }

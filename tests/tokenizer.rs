@@ -345,7 +345,8 @@ fn qwen2_engine() -> Engine {
 #[test]
 fn templates_that_render_tools_are_told_apart() {
     assert!(qwen2_engine().chat_template().unwrap().renders_tools());
-    let smollm2 = Engine::load(&pinned_model_path("smollm2-135m"), &LoadOptions::default()).unwrap();
+    let smollm2 =
+        Engine::load(&pinned_model_path("smollm2-135m"), &LoadOptions::default()).unwrap();
     assert!(!smollm2.chat_template().unwrap().renders_tools());
     assert!(!ChatTemplate::new(GEMMA_TEMPLATE).unwrap().renders_tools());
 }
@@ -356,7 +357,10 @@ fn templates_that_render_tools_are_told_apart() {
 #[test]
 fn messages_requests_with_tools_render_through_the_models_template() {
     let engine = qwen2_engine();
-    let (_, _) = chat_cases("qwen2.5-coder-0.5b", engine.chat_template().unwrap().source());
+    let (_, _) = chat_cases(
+        "qwen2.5-coder-0.5b",
+        engine.chat_template().unwrap().source(),
+    );
     let reference: ChatReference = read_json("chat_template/reference.json");
     assert!(reference.request_cases.len() >= 4);
     let mut mismatches = Mismatches::default();

@@ -366,16 +366,19 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 /// Ours against the oracle over a run of steps on a real, deep model, with
-/// the engine's kernels: every step within `bound` relative L2, and the same
-/// greedy token wherever the oracle's top two logits are more than 1 apart.
-/// The bound is the caller's, stated with its measurement: the same model
-/// on candle's kernels is bit-equal to the oracle, so what remains is the
+/// the engine's kernels: at every step the KL divergence of our next-token
+/// distribution from the oracle's is below `max_kl` nats, and the greedy
+/// token is the same wherever the oracle's top two logits are more than 1
+/// apart. (Relative L2 over the whole vocabulary is the wrong yardstick
+/// here: it is dominated by logits of tokens no sampler would pick.) The
+/// bound is the caller's, stated with its measurement: the same model on
+/// candle's kernels is bit-equal to the oracle, so what remains is the
 /// kernels' summation order, which 8-bit activation rounding amplifies layer
 /// after layer.
-pub fn assert_near_oracle_steps(what: &str, steps: &[(Vec<f32>, Vec<f32>)], bound: f32) {
+pub fn assert_near_oracle_steps(what: &str, steps: &[(Vec<f32>, Vec<f32>)], max_kl: f32) {
     for (i, (ours, theirs)) in steps.iter().enumerate() {
-        let err = relative_l2(ours, theirs);
-        assert!(err < bound, "{what}, step {i}: relative L2 {err}");
+        let kl = kl_divergence(theirs, ours);
+        assert!(kl < max_kl, "{what}, step {i}: KL {kl} nats");
         let mut sorted = theirs.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
         if sorted[0] - sorted[1] > 1.0 {
@@ -406,6 +409,17 @@ pub fn oracle_steps(
         ours = engine_logits(engine, &[next], &mut cache);
     }
     out
+}
+
+/// KL(p ‖ q) in nats between the distributions of two logit vectors:
+/// how far `q`'s next-token distribution is from `p`'s.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f32 {
+    let p = log_softmax(p_logits);
+    let q = log_softmax(q_logits);
+    p.iter()
+        .zip(&q)
+        .map(|(&lp, &lq)| (lp as f64).exp() * (lp - lq) as f64)
+        .sum::<f64>() as f32
 }
 
 /// Log-probabilities of a logit vector.

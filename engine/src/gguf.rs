@@ -82,6 +82,11 @@ impl Gguf {
         self.kernels = kernels;
     }
 
+    /// Whether layers loaded for `device` run the engine's own CPU kernels.
+    pub(crate) fn engine_kernels_on(&self, device: &Device) -> bool {
+        cpu_tier(device, self.kernels).is_some()
+    }
+
     /// The file this was read from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -158,6 +158,12 @@ impl KvCache {
         Ok((kv.k.narrow(2, 0, end)?, kv.v.narrow(2, 0, end)?))
     }
 
+    /// Layer `layer`'s whole key and value buffers, `(1, n_kv_heads,
+    /// capacity, head_dim)`, once something was appended to it.
+    pub(crate) fn buffers(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers[layer].as_ref().map(|kv| (&kv.k, &kv.v))
+    }
+
     /// Marks `tokens` as held, after every layer has appended them.
     pub(crate) fn commit(&mut self, tokens: &[u32]) {
         self.tokens.extend_from_slice(tokens);

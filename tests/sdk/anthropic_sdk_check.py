@@ -193,7 +193,7 @@ def _():
         client.messages.create(
             model=MODEL,
             max_tokens=5,
-            messages=[{"role": "user", "content": "word " * 9000}],
+            messages=[{"role": "user", "content": "word " * 40000}],
         )
         raise AssertionError("an over-long prompt was accepted")
     except anthropic.BadRequestError as e:

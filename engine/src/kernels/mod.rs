@@ -1,6 +1,7 @@
 //! The engine's own CPU kernels: quantized matrix multiplication over
 //! weights repacked once at load ([`PackedMatrix`]), the activation
-//! quantization it needs, and one thread pool ([`pool`]).
+//! quantization it needs, attention over the KV cache ([`attention`]), and
+//! one thread pool ([`pool`]).
 //!
 //! The vector tier is chosen at run time from the CPU's features
 //! ([`Tier::detect`]), so one binary runs at its best on any x86-64 machine;
@@ -15,6 +16,8 @@
 //! together, on the thread count, or on the CPU tier; the tests check each
 //! kernel against the reference on every tier the machine has.
 
+pub mod attention;
+pub mod elementwise;
 pub mod formats;
 mod packed;
 pub mod pool;

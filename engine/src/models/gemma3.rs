@@ -167,15 +167,14 @@ impl Model {
             // Tied embeddings: the table is read in full as the output head.
             active_parameters: total + cfg.hidden_size as u64,
         };
-        let rope =
-            |theta| RotaryEmbedding::new(cfg.head_dim, theta, cfg.max_position_embeddings, device);
+        let rope = |theta| RotaryEmbedding::new(cfg.head_dim, theta);
         Ok(Self {
             embed,
             layers,
             norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
             output,
-            rope_global: rope(cfg.rope_theta)?,
-            rope_local: rope(cfg.rope_local_base_freq)?,
+            rope_global: rope(cfg.rope_theta),
+            rope_local: rope(cfg.rope_local_base_freq),
             config: cfg,
             info,
             device: device.clone(),
@@ -200,12 +199,10 @@ impl Model {
         let seq = tokens.len();
         let mut xs =
             (self.embed.forward(tokens, &self.device)? * (self.config.hidden_size as f64).sqrt())?;
+        let global = self.rope_global.tables(cache.len(), seq, &self.device)?;
+        let local = self.rope_local.tables(cache.len(), seq, &self.device)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let rope = if layer.sliding {
-                &self.rope_local
-            } else {
-                &self.rope_global
-            };
+            let rope = if layer.sliding { &local } else { &global };
             let h = layer
                 .attn
                 .forward(&layer.attn_norm.forward(&xs)?, rope, i, cache)?;

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QMatMul;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Shape, Tensor};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
-use crate::kernels::PackedMatrix;
+use crate::kernels::{self, PackedMatrix};
 use crate::kv_cache::KvCache;
 use crate::models::attention::{attention, KeyMask};
 use crate::models::moe::SparseMoe;
@@ -163,52 +163,67 @@ impl RmsNorm {
     }
 }
 
-/// Precomputed rotary tables, `(context, head_dim / 2)`.
+/// Rotary embeddings: the inverse frequencies, and per forward the cos/sin
+/// tables of just the positions it runs ([`RotaryEmbedding::tables`]), so
+/// memory does not grow with the context the model allows. Each angle is
+/// one f32 product `position · inv_freq`, so a table row is the same
+/// whichever forward computes it.
 #[derive(Debug, Clone)]
 pub(crate) struct RotaryEmbedding {
+    inv_freq: Vec<f32>,
+}
+
+/// cos/sin tables `(seq, head_dim / 2)` for one forward's positions.
+#[derive(Debug, Clone)]
+pub(crate) struct RopeTables {
     cos: Tensor,
     sin: Tensor,
 }
 
 impl RotaryEmbedding {
-    pub(crate) fn new(
-        head_dim: usize,
-        theta: f32,
-        max_len: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let inv_freq: Vec<f32> = (0..head_dim)
+    pub(crate) fn new(head_dim: usize, theta: f32) -> Self {
+        let inv_freq = (0..head_dim)
             .step_by(2)
             .map(|i| 1f32 / theta.powf(i as f32 / head_dim as f32))
             .collect();
-        let inv_freq = Tensor::new(inv_freq.as_slice(), device)?;
-        let positions = Tensor::arange(0, max_len as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((max_len, 1))?;
-        let angles = positions.matmul(&inv_freq.reshape((1, ()))?)?;
-        Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
-        })
+        Self { inv_freq }
     }
 
+    /// Tables for positions `offset .. offset + seq`.
+    pub(crate) fn tables(&self, offset: usize, seq: usize, device: &Device) -> Result<RopeTables> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for position in offset..offset + seq {
+            for &f in &self.inv_freq {
+                let angle = position as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(RopeTables {
+            cos: Tensor::from_vec(cos, (seq, half), device)?,
+            sin: Tensor::from_vec(sin, (seq, half), device)?,
+        })
+    }
+}
+
+impl RopeTables {
     /// Half-split ("NeoX") rotation (pairs `i`, `i + d/2`) of `(b, heads, seq, head_dim)`.
-    pub(crate) fn apply_neox(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let seq = xs.dim(2)?;
-        let cos = self.cos.narrow(0, offset, seq)?;
-        let sin = self.sin.narrow(0, offset, seq)?;
-        Ok(candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)?)
+    pub(crate) fn apply_neox(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope(
+            &xs.contiguous()?,
+            &self.cos,
+            &self.sin,
+        )?)
     }
 
     /// Interleaved rotation (pairs `2i`, `2i+1`) of `(b, heads, seq, head_dim)`.
-    pub(crate) fn apply_interleaved(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let seq = xs.dim(2)?;
-        let cos = self.cos.narrow(0, offset, seq)?;
-        let sin = self.sin.narrow(0, offset, seq)?;
+    pub(crate) fn apply_interleaved(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::rotary_emb::rope_i(
             &xs.contiguous()?,
-            &cos,
-            &sin,
+            &self.cos,
+            &self.sin,
         )?)
     }
 }
@@ -262,6 +277,20 @@ impl Mlp {
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let (Some((_, _, down)), true) = (self.packed(), xs.device().is_cpu()) {
+            let dims = xs.dims().to_vec();
+            let k = *dims.last().expect("rank ≥ 1");
+            let rows = xs.elem_count() / k;
+            let hidden = down.n();
+            let mut out = vec![0f32; rows * hidden];
+            with_cpu_slice(&xs.contiguous()?, |x| {
+                self.forward_rows(x, rows, &mut out);
+                Ok(())
+            })?;
+            let mut shape = dims;
+            *shape.last_mut().expect("rank ≥ 1") = hidden;
+            return Ok(Tensor::from_vec(out, shape, xs.device())?);
+        }
         let gate = self.gate.forward(xs)?;
         let gate = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
@@ -269,6 +298,29 @@ impl Mlp {
         };
         let up = self.up.forward(xs)?;
         self.down.forward(&(gate * up)?)
+    }
+
+    /// The three projections when all run the engine's kernels.
+    pub(crate) fn packed(&self) -> Option<(&PackedMatrix, &PackedMatrix, &PackedMatrix)> {
+        match (&self.gate, &self.up, &self.down) {
+            (Linear::Packed(g), Linear::Packed(u), Linear::Packed(d)) => Some((g, u, d)),
+            _ => None,
+        }
+    }
+
+    /// `rows` rows of `x` (row-major) through the feed-forward into `out`,
+    /// on the engine's kernels. Requires [`Mlp::packed`].
+    pub(crate) fn forward_rows(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        let (gate, up, down) = self.packed().expect("packed projections");
+        let mut g = vec![0f32; rows * gate.n()];
+        let mut u = vec![0f32; rows * up.n()];
+        gate.matmul(x, rows, &mut g);
+        up.matmul(x, rows, &mut u);
+        match self.activation {
+            Activation::Silu => kernels::elementwise::silu_mul(&mut g, &u),
+            Activation::GeluTanh => kernels::elementwise::gelu_tanh_mul(&mut g, &u),
+        }
+        down.matmul(&g, rows, out);
     }
 }
 
@@ -334,6 +386,8 @@ pub(crate) struct SelfAttention {
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     shape: AttentionShape,
+    /// Attention by the engine's kernel (CPU), else by candle's operations.
+    engine_kernels: bool,
 }
 
 impl SelfAttention {
@@ -375,6 +429,7 @@ impl SelfAttention {
             q_norm: norm("attn_q_norm")?,
             k_norm: norm("attn_k_norm")?,
             shape,
+            engine_kernels: gguf.engine_kernels_on(device) && shape.head_dim.is_multiple_of(8),
         })
     }
 
@@ -383,7 +438,7 @@ impl SelfAttention {
     pub(crate) fn forward(
         &self,
         xs: &Tensor,
-        rope: &RotaryEmbedding,
+        rope: &RopeTables,
         layer: usize,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
@@ -409,13 +464,14 @@ impl SelfAttention {
             k = norm.forward(&k)?;
         }
         let (q, k) = match s.rope {
-            RopeStyle::Interleaved => (
-                rope.apply_interleaved(&q, offset)?,
-                rope.apply_interleaved(&k, offset)?,
-            ),
-            RopeStyle::Neox => (rope.apply_neox(&q, offset)?, rope.apply_neox(&k, offset)?),
+            RopeStyle::Interleaved => (rope.apply_interleaved(&q)?, rope.apply_interleaved(&k)?),
+            RopeStyle::Neox => (rope.apply_neox(&q)?, rope.apply_neox(&k)?),
         };
         let (k, v) = cache.append(layer, &k, &v)?;
+        if self.engine_kernels {
+            let y = self.cpu_attention(&q, cache, layer, offset, seq)?;
+            return self.o.forward(&y);
+        }
         let kv_len = offset + seq;
         let y = match s.window {
             // One query: keep only the keys inside its window, no mask needed.
@@ -433,4 +489,58 @@ impl SelfAttention {
             .reshape((b, seq, s.n_head * s.head_dim))?;
         self.o.forward(&y)
     }
+
+    /// The engine's attention kernel over the cache buffers of `layer`:
+    /// `q` is `(1, n_head, seq, d)`, the result `(1, seq, n_head · d)`.
+    fn cpu_attention(
+        &self,
+        q: &Tensor,
+        cache: &KvCache,
+        layer: usize,
+        offset: usize,
+        seq: usize,
+    ) -> Result<Tensor> {
+        let s = &self.shape;
+        let shape = kernels::attention::AttentionShape {
+            n_head: s.n_head,
+            n_kv: s.n_kv_head,
+            head_dim: s.head_dim,
+            seq,
+            offset,
+            window: s.window,
+            scale: 1.0 / (s.head_dim as f32).sqrt(),
+        };
+        let (kbuf, vbuf) = cache.buffers(layer).ok_or_else(|| {
+            EngineError::InvalidRequest("attention before any key was cached".into())
+        })?;
+        let capacity = kbuf.dim(2)?;
+        let mut out = vec![0f32; s.n_head * seq * s.head_dim];
+        with_cpu_slice(&q.contiguous()?, |q| {
+            with_cpu_slice(kbuf, |k| {
+                with_cpu_slice(vbuf, |v| {
+                    let kv = kernels::attention::KvView { k, v, capacity };
+                    kernels::attention::attention(&shape, q, kv, &mut out, kernels::pool::pool());
+                    Ok(())
+                })
+            })
+        })?;
+        Ok(Tensor::from_vec(
+            out,
+            (1, seq, s.n_head * s.head_dim),
+            q.device(),
+        )?)
+    }
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor.
+pub(crate) fn with_cpu_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(EngineError::InvalidRequest("expected a CPU tensor".into()));
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| EngineError::InvalidRequest("expected a contiguous tensor".into()))?;
+    f(&data[start..end])
 }

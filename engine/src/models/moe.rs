@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
-use crate::models::layers::{Activation, Linear, Mlp};
+use crate::kernels::{self, PackedMatrix};
+use crate::models::layers::{with_cpu_slice, Activation, Linear, Mlp};
 
 /// One layer's experts, router and invocation counters.
 #[derive(Debug)]
@@ -94,6 +95,21 @@ impl SparseMoe {
 
     /// `(b, seq, hidden)` → `(b, seq, hidden)`.
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.device().is_cpu() {
+            if let (Linear::Packed(router), true) = (
+                &self.router,
+                self.experts.iter().all(|e| e.packed().is_some()),
+            ) {
+                let (b, seq, hidden) = xs.dims3()?;
+                let rows = b * seq;
+                let mut out = vec![0f32; rows * hidden];
+                with_cpu_slice(&xs.contiguous()?, |x| {
+                    self.forward_rows(router, x, rows, hidden, &mut out);
+                    Ok(())
+                })?;
+                return Ok(Tensor::from_vec(out, (b, seq, hidden), xs.device())?);
+            }
+        }
         let (b, seq, hidden) = xs.dims3()?;
         let xs = xs.reshape(((), hidden))?;
         let router_logits = self.router.forward(&xs)?;
@@ -133,6 +149,62 @@ impl SparseMoe {
             ys = ys.index_add(&index, &out.broadcast_mul(&scale)?, 0)?;
         }
         Ok(ys.reshape((b, seq, hidden))?)
+    }
+
+    /// The same on the engine's kernels and plain slices: the router, a
+    /// softmax per row, the top-k (ties to the lower expert) renormalised,
+    /// then each expert on the rows routed to it, gathered, and its outputs
+    /// added into those rows weighted, experts in index order, so a row's
+    /// sum does not depend on the other rows.
+    fn forward_rows(
+        &self,
+        router: &PackedMatrix,
+        x: &[f32],
+        rows: usize,
+        hidden: usize,
+        out: &mut [f32],
+    ) {
+        let n_expert = self.experts.len();
+        let mut probs = vec![0f32; rows * n_expert];
+        router.matmul(x, rows, &mut probs);
+        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
+        let mut order: Vec<usize> = Vec::with_capacity(n_expert);
+        for (row, p) in probs.chunks_exact_mut(n_expert).enumerate() {
+            kernels::elementwise::softmax(p);
+            order.clear();
+            order.extend(0..n_expert);
+            order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
+            let chosen = &order[..self.top_k];
+            let sum: f32 = if self.normalize {
+                chosen.iter().map(|&e| p[e]).sum()
+            } else {
+                1.0
+            };
+            for &e in chosen {
+                routed[e].push((row, p[e] / sum));
+            }
+        }
+        let mut gathered = Vec::new();
+        let mut y = Vec::new();
+        for (e, expert) in self.experts.iter().enumerate() {
+            let picks = &routed[e];
+            if picks.is_empty() {
+                continue;
+            }
+            self.rows[e].fetch_add(picks.len() as u64, Ordering::Relaxed);
+            gathered.clear();
+            for &(row, _) in picks {
+                gathered.extend_from_slice(&x[row * hidden..(row + 1) * hidden]);
+            }
+            y.resize(picks.len() * hidden, 0.0);
+            expert.forward_rows(&gathered, picks.len(), &mut y);
+            for (i, &(row, w)) in picks.iter().enumerate() {
+                let dst = &mut out[row * hidden..(row + 1) * hidden];
+                for (o, v) in dst.iter_mut().zip(&y[i * hidden..(i + 1) * hidden]) {
+                    *o += w * v;
+                }
+            }
+        }
     }
 
     /// Parameters of one expert.

@@ -179,12 +179,7 @@ impl Model {
             layers,
             norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
             output,
-            rope: RotaryEmbedding::new(
-                cfg.head_dim,
-                cfg.rope_theta,
-                cfg.max_position_embeddings,
-                device,
-            )?,
+            rope: RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta),
             config: cfg,
             info,
             device: device.clone(),
@@ -216,10 +211,11 @@ impl Model {
     pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let seq = tokens.len();
         let mut xs = self.embed.forward(tokens, &self.device)?;
+        let rope = self.rope.tables(cache.len(), seq, &self.device)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer
                 .attn
-                .forward(&layer.attn_norm.forward(&xs)?, &self.rope, i, cache)?;
+                .forward(&layer.attn_norm.forward(&xs)?, &rope, i, cache)?;
             xs = (xs + h)?;
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
             xs = (xs + h)?;
