@@ -11,6 +11,10 @@ pub struct Cli {
     /// CPU threads for the engine (sets RAYON_NUM_THREADS; default: all cores).
     #[arg(long, short = 't', global = true, env = "SHOWDOWN_THREADS")]
     pub threads: Option<usize>,
+    /// What the engine's CPU attention keeps keys and values in: f16
+    /// (llama.cpp's default; half the memory) or f32.
+    #[arg(long, global = true, env = "SHOWDOWN_KV_CACHE")]
+    pub kv_cache: Option<showdown_engine::KvCacheType>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -42,6 +42,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // And the engine's own kernel pool.
         showdown_engine::kernels::pool::set_threads(threads);
     }
+    if let Some(kv_cache) = cli.kv_cache {
+        // Read by `LoadOptions::default()` wherever a model is loaded.
+        let name = match kv_cache {
+            showdown_engine::KvCacheType::F16 => "f16",
+            showdown_engine::KvCacheType::F32 => "f32",
+        };
+        std::env::set_var("SHOWDOWN_KV_CACHE", name);
+    }
     match cli.command {
         Command::Models { command } => commands::models::run(command),
         Command::Generate(args) => commands::generate::run(args),

@@ -14,7 +14,7 @@ use crate::chat_template::{named_template, ChatTemplate, ChatTemplateInput};
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
 use crate::kernels::Kernels;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvCacheType};
 use crate::memory::ResidentMemory;
 use crate::models::{Model, ModelInfo};
 use crate::sampler::{Sampler, SamplingParams};
@@ -48,6 +48,8 @@ pub struct LoadOptions {
     pub context_length: Option<usize>,
     /// Whose matmul kernels a CPU model runs.
     pub kernels: Kernels,
+    /// What the engine's CPU attention keeps keys and values in.
+    pub kv_cache: KvCacheType,
 }
 
 /// What loading cost.
@@ -177,6 +179,7 @@ pub struct Engine {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     context_length: usize,
+    kv_cache: KvCacheType,
     load_report: LoadReport,
 }
 
@@ -188,6 +191,8 @@ impl Engine {
         let mut gguf = Gguf::open(path)?;
         gguf.use_kernels(options.kernels);
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        gguf.drop_tokenizer_arrays();
+        crate::memory::return_freed_memory();
         let template_source = match &options.template {
             TemplateChoice::Embedded => gguf
                 .string("tokenizer.chat_template")
@@ -207,11 +212,14 @@ impl Engine {
             .map(ChatTemplate::new)
             .transpose()?;
         let model = Model::from_gguf(&gguf, &device)?;
+        let file_bytes = gguf.file_size();
+        drop(gguf);
+        crate::memory::return_freed_memory();
         let native = model.info().context_length;
         let context_length = options.context_length.map_or(native, |c| c.min(native));
         let load_report = LoadReport {
             load_ms: ms(start.elapsed()),
-            file_bytes: gguf.file_size(),
+            file_bytes,
             memory: ResidentMemory::read(),
         };
         Ok(Self {
@@ -219,6 +227,7 @@ impl Engine {
             tokenizer,
             template,
             context_length,
+            kv_cache: options.kv_cache,
             load_report,
         })
     }
@@ -255,7 +264,9 @@ impl Engine {
 
     /// An empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        self.model.new_cache(self.context_length)
+        self.model
+            .new_cache(self.context_length)
+            .with_row_type(self.kv_cache)
     }
 
     /// Renders a conversation with the chat template.

@@ -45,6 +45,14 @@ pub enum EngineError {
     /// A request parameter is out of range.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The OS refused the KV cache's address space.
+    #[error("cannot reserve {bytes} bytes for the KV cache: {source}")]
+    OutOfMemory {
+        /// Bytes asked for.
+        bytes: usize,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// A tensor operation failed inside candle.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

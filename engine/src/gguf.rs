@@ -28,8 +28,18 @@ pub struct Gguf {
     mmap: Mmap,
     content: gguf_file::Content,
     architecture: String,
+    vocab_size: Option<usize>,
     kernels: Kernels,
 }
+
+/// The tokenizer's per-token arrays: a 262k vocabulary's hold tens of MB
+/// in the parsed header, and nothing reads them once the tokenizer is built.
+const TOKENIZER_ARRAYS: &[&str] = &[
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+];
 
 impl Gguf {
     /// Opens and parses `path`. A truncated or corrupt file is an error, not a panic.
@@ -68,13 +78,33 @@ impl Gguf {
             Some(gguf_file::Value::String(s)) => s.clone(),
             _ => return Err(invalid("no general.architecture in metadata".into())),
         };
+        let vocab_size = match content.metadata.get("tokenizer.ggml.tokens") {
+            Some(gguf_file::Value::Array(tokens)) => Some(tokens.len()),
+            _ => None,
+        };
         Ok(Self {
             path: path.to_owned(),
             mmap,
             content,
             architecture,
+            vocab_size,
             kernels: Kernels::default(),
         })
+    }
+
+    /// Entries in the vocabulary (`tokenizer.ggml.tokens`), also after
+    /// [`Gguf::drop_tokenizer_arrays`].
+    pub fn vocab_size(&self) -> Result<usize> {
+        self.vocab_size
+            .ok_or_else(|| EngineError::Metadata("`tokenizer.ggml.tokens` not found".into()))
+    }
+
+    /// Frees the tokenizer's per-token arrays from the parsed header, once
+    /// the tokenizer is built from them.
+    pub fn drop_tokenizer_arrays(&mut self) {
+        for key in TOKENIZER_ARRAYS {
+            self.content.metadata.remove(*key);
+        }
     }
 
     /// Whose kernels the layers loaded from here will run on the CPU.
@@ -268,9 +298,12 @@ impl Gguf {
         if !k.is_multiple_of(format.block_values()) {
             return Ok(None);
         }
-        let packed = PackedMatrix::pack(format, n, k, &self.mmap[range.clone()], tier)
+        let base = range.start;
+        let packed =
+            PackedMatrix::pack_releasing(format, n, k, &self.mmap[range], tier, &mut |done| {
+                self.release(base + done.start..base + done.end)
+            })
             .map_err(|e| EngineError::Metadata(format!("tensor `{name}`: {e}")))?;
-        self.release(range);
         Ok(Some(packed))
     }
 

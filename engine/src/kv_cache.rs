@@ -2,8 +2,21 @@
 //! truncate it to any prefix, fork it, and keep it between requests, which is
 //! what prompt caching stands on (candle-transformers keeps its caches private
 //! inside each model, so they cannot be shared or rewound).
+//!
+//! A layer holds its keys and values in one of two ways, fixed by the first
+//! append: as candle tensors in the model's dtype (other devices, and
+//! `Kernels::Candle`, whose results are compared bit for bit with
+//! candle-transformers), or, for the engine's CPU attention, as f16 rows, one
+//! per position (llama.cpp's default cache type: half the memory of f32), in
+//! address space reserved for the whole context: the OS commits a page when
+//! it is first written, so only positions really written are resident and
+//! growing never copies (a growing `Vec` would hold its old and new buffers
+//! at once, and the allocator would keep the old one's pages).
 
 use candle_core::Tensor;
+use half::f16;
+
+use crate::kernels::attention::{KvElement, KvView};
 
 use crate::error::{EngineError, Result};
 
@@ -11,10 +24,190 @@ use crate::error::{EngineError, Result};
 /// not reserve the whole context up front.
 const GROWTH_BLOCK: usize = 256;
 
-/// Keys and values for one attention layer: `(1, n_kv_heads, capacity, head_dim)`.
-struct LayerKv {
-    k: Tensor,
-    v: Tensor,
+/// What the engine's CPU attention keeps keys and values in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheType {
+    /// Half precision, llama.cpp's default: half the memory and bandwidth.
+    F16,
+    /// Single precision: the values as computed.
+    F32,
+}
+
+impl Default for KvCacheType {
+    /// f16, unless `SHOWDOWN_KV_CACHE=f32`.
+    fn default() -> Self {
+        match std::env::var("SHOWDOWN_KV_CACHE").as_deref() {
+            Ok("f32") => Self::F32,
+            _ => Self::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for KvCacheType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            other => Err(format!("unknown KV cache type `{other}` (f16 or f32)")),
+        }
+    }
+}
+
+/// Keys and values for one attention layer.
+enum LayerKv {
+    /// `(1, n_kv_heads, capacity, head_dim)`.
+    Tensors {
+        k: Tensor,
+        v: Tensor,
+    },
+    F16(Rows<f16>),
+    F32(Rows<f32>),
+}
+
+/// Position-major rows: position `j`'s `n_kv_heads · head_dim` values at `j · row`.
+struct Rows<T> {
+    k: RowBuffer<T>,
+    v: RowBuffer<T>,
+    row: usize,
+}
+
+/// What [`KvCache::append_rows`] hands the attention kernel.
+pub(crate) enum KvRows<'a> {
+    F16(KvView<'a, f16>),
+    F32(KvView<'a, f32>),
+}
+
+impl<T: KvElement> Rows<T> {
+    fn new(capacity: usize, row: usize) -> Result<Self> {
+        Ok(Self {
+            k: RowBuffer::new(capacity * row)?,
+            v: RowBuffer::new(capacity * row)?,
+            row,
+        })
+    }
+
+    fn prefix(&self, len: usize) -> Result<Self> {
+        Ok(Self {
+            k: self.k.prefix(len * self.row)?,
+            v: self.v.prefix(len * self.row)?,
+            row: self.row,
+        })
+    }
+
+    /// Writes `seq` positions from `start` (`k`, `v` head-major
+    /// `[n_kv_heads][seq][head_dim]`) and views positions `..start + seq`.
+    fn write(
+        &mut self,
+        start: usize,
+        k: &[f32],
+        v: &[f32],
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> KvView<'_, T> {
+        let row = self.row;
+        assert_eq!(row, n_kv_heads * head_dim, "a layer's row width is fixed");
+        let seq = k.len() / row;
+        let end = start + seq;
+        for (dst, src) in [(&mut self.k, k), (&mut self.v, v)] {
+            let dst = dst.values_mut(start * row..end * row);
+            for g in 0..n_kv_heads {
+                for s in 0..seq {
+                    T::convert_from(
+                        &mut dst[s * row + g * head_dim..][..head_dim],
+                        &src[(g * seq + s) * head_dim..][..head_dim],
+                    );
+                }
+            }
+        }
+        KvView {
+            k: self.k.values(end * row),
+            v: self.v.values(end * row),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        (self.k.written + self.v.written) * std::mem::size_of::<T>()
+    }
+}
+
+/// Zeroed values in an anonymous mapping, committed page by page as they
+/// are written.
+struct RowBuffer<T> {
+    map: memmap2::MmapMut,
+    /// Values ever written: the resident part.
+    written: usize,
+    _values: std::marker::PhantomData<T>,
+}
+
+impl<T: KvElement> RowBuffer<T> {
+    fn new(values: usize) -> Result<Self> {
+        let bytes = (values * std::mem::size_of::<T>()).max(1);
+        let map = memmap2::MmapOptions::new()
+            .len(bytes)
+            .map_anon()
+            .map_err(|source| EngineError::OutOfMemory { bytes, source })?;
+        Ok(Self {
+            map,
+            written: 0,
+            _values: std::marker::PhantomData,
+        })
+    }
+
+    fn capacity(&self) -> usize {
+        self.map.len() / std::mem::size_of::<T>()
+    }
+
+    fn values(&self, len: usize) -> &[T] {
+        assert!(len <= self.capacity());
+        // SAFETY: the mapping is page-aligned, zero-initialised (all-zero bits
+        // are 0.0 in f16 and f32) and at least `len` values long.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr() as *const T, len) }
+    }
+
+    fn values_mut(&mut self, range: std::ops::Range<usize>) -> &mut [T] {
+        assert!(range.start <= range.end && range.end <= self.capacity());
+        self.written = self.written.max(range.end);
+        // SAFETY: as above, uniquely borrowed.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (self.map.as_mut_ptr() as *mut T).add(range.start),
+                range.len(),
+            )
+        }
+    }
+
+    /// A new buffer of the same capacity holding the first `len` values.
+    fn prefix(&self, len: usize) -> Result<Self> {
+        let mut copy = Self::new(self.capacity())?;
+        copy.values_mut(0..len).copy_from_slice(self.values(len));
+        Ok(copy)
+    }
+}
+
+impl LayerKv {
+    fn prefix(&self, len: usize, max_len: usize) -> Result<Self> {
+        Ok(match self {
+            Self::Tensors { k, v } => {
+                let capacity = round_up(len.max(1), GROWTH_BLOCK).min(max_len);
+                Self::Tensors {
+                    k: copy_prefix(k, len, capacity)?,
+                    v: copy_prefix(v, len, capacity)?,
+                }
+            }
+            Self::F16(rows) => Self::F16(rows.prefix(len)?),
+            Self::F32(rows) => Self::F32(rows.prefix(len)?),
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Tensors { k, v } => (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes(),
+            Self::F16(rows) => rows.bytes(),
+            Self::F32(rows) => rows.bytes(),
+        }
+    }
 }
 
 /// Cached keys and values for every layer, for the token ids in `tokens`.
@@ -23,6 +216,7 @@ pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
     tokens: Vec<u32>,
     max_len: usize,
+    row_type: KvCacheType,
 }
 
 impl KvCache {
@@ -32,7 +226,14 @@ impl KvCache {
             layers: (0..n_layers).map(|_| None).collect(),
             tokens: Vec::new(),
             max_len,
+            row_type: KvCacheType::default(),
         }
+    }
+
+    /// This cache, holding the engine's CPU attention rows as `row_type`.
+    pub fn with_row_type(mut self, row_type: KvCacheType) -> Self {
+        self.row_type = row_type;
+        self
     }
 
     /// Number of positions held.
@@ -90,13 +291,7 @@ impl KvCache {
             .map(|layer| {
                 layer
                     .as_ref()
-                    .map(|kv| -> Result<LayerKv> {
-                        let capacity = round_up(len.max(1), GROWTH_BLOCK).min(self.max_len);
-                        Ok(LayerKv {
-                            k: copy_prefix(&kv.k, len, capacity)?,
-                            v: copy_prefix(&kv.v, len, capacity)?,
-                        })
-                    })
+                    .map(|kv| kv.prefix(len, self.max_len))
                     .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
@@ -104,16 +299,61 @@ impl KvCache {
             layers,
             tokens: self.tokens[..len].to_vec(),
             max_len: self.max_len,
+            row_type: self.row_type,
         })
     }
 
     /// Bytes of key/value storage allocated.
     pub fn allocated_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|kv| (kv.k.elem_count() + kv.v.elem_count()) * kv.k.dtype().size_in_bytes())
-            .sum()
+        self.layers.iter().flatten().map(LayerKv::bytes).sum()
+    }
+
+    fn check_room(&self, seq: usize) -> Result<usize> {
+        let end = self.len() + seq;
+        if end > self.max_len {
+            return Err(EngineError::PromptTooLong {
+                tokens: end,
+                max: self.max_len,
+            });
+        }
+        Ok(end)
+    }
+
+    /// Writes the new keys and values of `layer`, `[n_kv_heads][seq][head_dim]`
+    /// f32 each, as rows of the cache's row type after the held positions,
+    /// and returns the view the attention kernel reads: every held position
+    /// and the new ones. The new positions count as held only after
+    /// [`KvCache::commit`].
+    pub(crate) fn append_rows(
+        &mut self,
+        layer: usize,
+        k: &[f32],
+        v: &[f32],
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<KvRows<'_>> {
+        let row = n_kv_heads * head_dim;
+        let seq = k.len() / row;
+        assert_eq!(k.len(), seq * row);
+        assert_eq!(v.len(), seq * row);
+        let start = self.len();
+        self.check_room(seq)?;
+        let slot = &mut self.layers[layer];
+        if slot.is_none() {
+            *slot = Some(match self.row_type {
+                KvCacheType::F16 => LayerKv::F16(Rows::new(self.max_len, row)?),
+                KvCacheType::F32 => LayerKv::F32(Rows::new(self.max_len, row)?),
+            });
+        }
+        Ok(match slot.as_mut().expect("allocated above") {
+            LayerKv::F16(rows) => KvRows::F16(rows.write(start, k, v, n_kv_heads, head_dim)),
+            LayerKv::F32(rows) => KvRows::F32(rows.write(start, k, v, n_kv_heads, head_dim)),
+            LayerKv::Tensors { .. } => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "layer {layer} caches candle tensors, not rows"
+                )))
+            }
+        })
     }
 
     /// Writes the new keys and values `(1, n_kv_heads, seq, head_dim)` of `layer`
@@ -127,41 +367,32 @@ impl KvCache {
     ) -> Result<(Tensor, Tensor)> {
         let start = self.len();
         let seq = k.dim(2)?;
-        let end = start + seq;
-        if end > self.max_len {
-            return Err(EngineError::PromptTooLong {
-                tokens: end,
-                max: self.max_len,
-            });
-        }
+        let end = self.check_room(seq)?;
         let slot = &mut self.layers[layer];
-        let needs_growth = match slot {
-            None => true,
-            Some(kv) => kv.k.dim(2)? < end,
+        let (old_k, old_v) = match slot {
+            None => (None, None),
+            Some(LayerKv::Tensors { k, v }) => (Some(&*k), Some(&*v)),
+            Some(LayerKv::F16(_) | LayerKv::F32(_)) => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "layer {layer} caches rows, not candle tensors"
+                )))
+            }
         };
-        if needs_growth {
-            let old_capacity = slot
-                .as_ref()
-                .map(|kv| kv.k.dim(2))
-                .transpose()?
-                .unwrap_or(0);
+        let old_capacity = old_k.map(|k| k.dim(2)).transpose()?.unwrap_or(0);
+        if old_capacity < end {
             let capacity = round_up(end.max(old_capacity * 2), GROWTH_BLOCK).min(self.max_len);
-            let grown = LayerKv {
-                k: grow(slot.as_ref().map(|kv| &kv.k), k, start, capacity)?,
-                v: grow(slot.as_ref().map(|kv| &kv.v), v, start, capacity)?,
+            let grown = LayerKv::Tensors {
+                k: grow(old_k, k, start, capacity)?,
+                v: grow(old_v, v, start, capacity)?,
             };
             *slot = Some(grown);
         }
-        let kv = slot.as_ref().expect("allocated above");
-        kv.k.slice_set(&k.contiguous()?, 2, start)?;
-        kv.v.slice_set(&v.contiguous()?, 2, start)?;
-        Ok((kv.k.narrow(2, 0, end)?, kv.v.narrow(2, 0, end)?))
-    }
-
-    /// Layer `layer`'s whole key and value buffers, `(1, n_kv_heads,
-    /// capacity, head_dim)`, once something was appended to it.
-    pub(crate) fn buffers(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
-        self.layers[layer].as_ref().map(|kv| (&kv.k, &kv.v))
+        let Some(LayerKv::Tensors { k: keys, v: values }) = slot.as_ref() else {
+            unreachable!("a tensor layer, allocated above");
+        };
+        keys.slice_set(&k.contiguous()?, 2, start)?;
+        values.slice_set(&v.contiguous()?, 2, start)?;
+        Ok((keys.narrow(2, 0, end)?, values.narrow(2, 0, end)?))
     }
 
     /// Marks `tokens` as held, after every layer has appended them.
@@ -279,6 +510,66 @@ mod tests {
             3.0
         );
         assert_eq!(fork.common_prefix_len(&[1, 2, 4]), 2);
+    }
+
+    /// Rows: head-major input lands position-major, in f16; truncation and
+    /// forks keep exactly the held prefix.
+    #[test]
+    fn rows_append_truncate_and_fork() {
+        let mut cache = KvCache::new(1, 16);
+        // 2 heads of 4 values, 3 positions: value = 100·head + 10·position + i.
+        let input = |positions: std::ops::Range<usize>| -> Vec<f32> {
+            let mut out = Vec::new();
+            for g in 0..2 {
+                for s in positions.clone() {
+                    out.extend((0..4).map(|i| (100 * g + 10 * s + i) as f32));
+                }
+            }
+            out
+        };
+        let x = input(0..3);
+        let Ok(KvRows::F16(view)) = cache.append_rows(0, &x, &x, 2, 4) else {
+            panic!("f16 rows by default")
+        };
+        assert_eq!(view.k.len(), 3 * 8);
+        assert_eq!(view.k[8 + 4].to_f32(), 110.0, "position 1, head 1, value 0");
+        cache.commit(&[1, 2, 3]);
+        cache.truncate(1);
+        let x = input(1..3);
+        let Ok(KvRows::F16(view)) = cache.append_rows(0, &x, &x, 2, 4) else {
+            panic!("f16 rows")
+        };
+        let values: Vec<f32> = view.v.iter().map(|h| h.to_f32()).collect();
+        let fresh: Vec<f32> = (0..3)
+            .flat_map(|s| {
+                (0..2).flat_map(move |g| (0..4).map(move |i| (100 * g + 10 * s + i) as f32))
+            })
+            .collect();
+        assert_eq!(values, fresh);
+        cache.commit(&[2, 3]);
+        let fork = cache.fork_prefix(2).unwrap();
+        assert_eq!(
+            fork.allocated_bytes(),
+            2 * (2 * 8) * 2,
+            "only written rows count"
+        );
+        assert_eq!(cache.allocated_bytes(), 2 * (3 * 8) * 2);
+        let err = cache.append_rows(0, &vec![0.0; 14 * 8], &vec![0.0; 14 * 8], 2, 4);
+        assert!(matches!(
+            err,
+            Err(EngineError::PromptTooLong {
+                tokens: 17,
+                max: 16
+            })
+        ));
+
+        // f32 rows keep the values as given.
+        let mut cache = KvCache::new(1, 4).with_row_type(KvCacheType::F32);
+        let x = [1.0 + 1e-4; 8];
+        let Ok(KvRows::F32(view)) = cache.append_rows(0, &x, &x, 2, 4) else {
+            panic!("f32 rows")
+        };
+        assert_eq!(view.k, &x[..]);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use engine::{
 pub use error::{EngineError, Result};
 pub use gguf::Gguf;
 pub use kernels::Kernels;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvCacheType};
 pub use memory::ResidentMemory;
 pub use models::{Model, ModelInfo};
 pub use sampler::{argmax, Sampler, SamplingParams};

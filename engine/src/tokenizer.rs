@@ -42,10 +42,11 @@ const END_OF_TURN_TOKENS: &[&str] = &["<|im_end|>", "<end_of_turn>", "<|eot_id|>
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<u32>,
-    eos: Option<u32>,
     add_bos: bool,
     stop_tokens: Vec<u32>,
-    tokens: Vec<String>,
+    vocab_size: usize,
+    bos_text: Option<String>,
+    eos_text: Option<String>,
 }
 
 fn string_array(gguf: &Gguf, key: &str) -> Result<Vec<String>> {
@@ -255,13 +256,15 @@ impl Tokenizer {
             .bool("tokenizer.ggml.add_bos_token")
             .unwrap_or(model == "llama");
 
+        let text = |id: Option<u32>| id.and_then(|id| tokens.get(id as usize).cloned());
         Ok(Self {
             inner,
             bos,
-            eos,
             add_bos,
             stop_tokens,
-            tokens,
+            vocab_size: tokens.len(),
+            bos_text: text(bos),
+            eos_text: text(eos),
         })
     }
 
@@ -286,22 +289,23 @@ impl Tokenizer {
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.vocab_size
     }
 
-    /// The raw piece for a token id.
-    pub fn token(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+    /// The raw piece for a token id (the tokenizer's own table holds the
+    /// pieces; no second copy of a 262k vocabulary is kept here).
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The BOS token's text, for chat templates.
     pub fn bos_token(&self) -> Option<&str> {
-        self.bos.and_then(|id| self.token(id))
+        self.bos_text.as_deref()
     }
 
     /// The EOS token's text, for chat templates.
     pub fn eos_token(&self) -> Option<&str> {
-        self.eos.and_then(|id| self.token(id))
+        self.eos_text.as_deref()
     }
 
     /// Tokens that end generation: EOS and the family's end-of-turn tokens.

@@ -348,7 +348,7 @@ impl TokenizerBytes {
                     .map(|c| chars.get(&c).copied())
                     .collect::<Option<Vec<u8>>>()
                     .unwrap_or_default()
-            } else if let Some(byte) = byte_fallback(piece) {
+            } else if let Some(byte) = byte_fallback(&piece) {
                 vec![byte]
             } else {
                 piece.replace('\u{2581}', " ").into_bytes()

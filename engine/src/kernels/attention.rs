@@ -17,9 +17,15 @@
 //! - output: for each dimension, fused multiply-adds of probability × value
 //!   over the keys in order, divided by the sum.
 //!
+//! Keys and values are held in f16, as llama.cpp holds them by default (half
+//! the cache's memory and bandwidth), or in f32 ([`KvElement`]); each is
+//! widened to f32 when read.
+//!
 //! [`reference`] computes exactly that with scalar code; the AVX2 version
 //! (used on AVX-512 machines too, so every x86 tier gives the same bits) is
 //! tested against it.
+
+use half::f16;
 
 use super::pool::Pool;
 
@@ -51,17 +57,74 @@ impl AttentionShape {
     }
 }
 
-/// The key/value cache of one layer: `n_kv` heads of `capacity` positions of
-/// `head_dim` values each, row-major.
-#[derive(Debug, Clone, Copy)]
-pub struct KvView<'a> {
-    /// Keys.
-    pub k: &'a [f32],
-    /// Values.
-    pub v: &'a [f32],
-    /// Positions allocated per head.
-    pub capacity: usize,
+/// A value type the KV cache may hold.
+pub trait KvElement: Copy + Default + Send + Sync + 'static {
+    /// The value as f32.
+    fn to_f32(self) -> f32;
+    /// `dst[i] = src[i]`, rounded to nearest-even.
+    fn convert_from(dst: &mut [Self], src: &[f32]);
+    /// Eight values at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` points at eight values, and the CPU has AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
+
+impl KvElement for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    fn convert_from(dst: &mut [Self], src: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl KvElement for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    fn convert_from(dst: &mut [Self], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+/// The key/value cache of one layer, position-major: position `j` holds
+/// `n_kv` heads of `head_dim` values, so key `j` of head `g` starts at
+/// `(j · n_kv + g) · head_dim`. Appending a position is appending a row.
+#[derive(Debug)]
+pub struct KvView<'a, T = f16> {
+    /// Keys.
+    pub k: &'a [T],
+    /// Values.
+    pub v: &'a [T],
+}
+
+impl<T> Clone for KvView<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for KvView<'_, T> {}
 
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -95,11 +158,11 @@ fn tree8(l: &[f32; 8]) -> f32 {
     ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
 }
 
-fn dot_reference(a: &[f32], b: &[f32]) -> f32 {
+fn dot_reference<T: KvElement>(a: &[f32], b: &[T]) -> f32 {
     let mut lanes = [0f32; 8];
     for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
         for l in 0..8 {
-            lanes[l] = ca[l].mul_add(cb[l], lanes[l]);
+            lanes[l] = ca[l].mul_add(cb[l].to_f32(), lanes[l]);
         }
     }
     tree8(&lanes)
@@ -107,18 +170,24 @@ fn dot_reference(a: &[f32], b: &[f32]) -> f32 {
 
 /// Scalar reference: `out[i][h][..]` for every query `i` and head `h`.
 /// `q` is `[n_head][seq][head_dim]`, `out` is `[seq][n_head][head_dim]`.
-pub fn reference(shape: &AttentionShape, q: &[f32], kv: KvView<'_>, out: &mut [f32]) {
+pub fn reference<T: KvElement>(
+    shape: &AttentionShape,
+    q: &[f32],
+    kv: KvView<'_, T>,
+    out: &mut [f32],
+) {
     let d = shape.head_dim;
+    let row = shape.n_kv * d;
     let n_rep = shape.n_head / shape.n_kv;
     for h in 0..shape.n_head {
         let g = h / n_rep;
-        let keys = &kv.k[g * kv.capacity * d..];
-        let values = &kv.v[g * kv.capacity * d..];
+        let keys = &kv.k[g * d..];
+        let values = &kv.v[g * d..];
         for i in 0..shape.seq {
             let query = &q[(h * shape.seq + i) * d..][..d];
             let (first, last) = shape.visible(i);
             let scores: Vec<f32> = (first..=last)
-                .map(|j| dot_reference(query, &keys[j * d..][..d]) * shape.scale)
+                .map(|j| dot_reference(query, &keys[j * row..][..d]) * shape.scale)
                 .collect();
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let probs: Vec<f32> = scores.iter().map(|&s| exp(s - max)).collect();
@@ -131,7 +200,7 @@ pub fn reference(shape: &AttentionShape, q: &[f32], kv: KvView<'_>, out: &mut [f
             for (t, o) in dst.iter_mut().enumerate() {
                 let mut acc = 0f32;
                 for (c, p) in probs.iter().enumerate() {
-                    acc = p.mul_add(values[(first + c) * d + t], acc);
+                    acc = p.mul_add(values[(first + c) * row + t].to_f32(), acc);
                 }
                 *o = acc / sum;
             }
@@ -139,19 +208,26 @@ pub fn reference(shape: &AttentionShape, q: &[f32], kv: KvView<'_>, out: &mut [f
     }
 }
 
-/// Attention on `pool`, by the fastest code this CPU runs (AVX2 + FMA on
-/// x86-64, else the reference), with the same result either way.
-pub fn attention(shape: &AttentionShape, q: &[f32], kv: KvView<'_>, out: &mut [f32], pool: &Pool) {
+/// Attention on `pool`, by the fastest code this CPU runs (AVX2 + FMA + F16C
+/// on x86-64, else the reference), with the same result either way.
+pub fn attention<T: KvElement>(
+    shape: &AttentionShape,
+    q: &[f32],
+    kv: KvView<'_, T>,
+    out: &mut [f32],
+    pool: &Pool,
+) {
     let d = shape.head_dim;
     assert!(d.is_multiple_of(8) && shape.n_head.is_multiple_of(shape.n_kv));
     assert_eq!(q.len(), shape.n_head * shape.seq * d);
     assert_eq!(out.len(), shape.n_head * shape.seq * d);
-    assert!(shape.offset + shape.seq <= kv.capacity);
-    assert!(
-        kv.k.len() >= shape.n_kv * kv.capacity * d && kv.v.len() >= shape.n_kv * kv.capacity * d
-    );
+    let positions = shape.offset + shape.seq;
+    assert!(kv.k.len() >= positions * shape.n_kv * d && kv.v.len() >= positions * shape.n_kv * d);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
         // Tasks: (head, block of queries); a block reads its keys and values
         // once for all its queries.
         let blocks = shape.seq.div_ceil(QUERY_BLOCK);
@@ -161,7 +237,7 @@ pub fn attention(shape: &AttentionShape, q: &[f32], kv: KvView<'_>, out: &mut [f
             let queries = b * QUERY_BLOCK..((b + 1) * QUERY_BLOCK).min(shape.seq);
             SCRATCH.with(|scratch| {
                 // SAFETY: queries `queries` of head h are written by this task
-                // only, and the CPU has AVX2 and FMA.
+                // only, and the CPU has AVX2, FMA and F16C.
                 unsafe {
                     avx2::query_block(
                         shape,
@@ -192,7 +268,7 @@ thread_local! {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{AttentionShape, KvView, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+    use super::{AttentionShape, KvElement, KvView, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -232,15 +308,20 @@ pub(crate) mod avx2 {
     }
 
     /// Eight keys' dot products with one query, each summed as the
-    /// reference sums it, as one vector.
-    #[target_feature(enable = "avx2,fma")]
+    /// reference sums it, as one vector. Key `k` starts at `keys + k · row`.
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn dots8(query: *const f32, keys: *const f32, d: usize) -> __m256 {
+    unsafe fn dots8<T: KvElement>(
+        query: *const f32,
+        keys: *const T,
+        d: usize,
+        row: usize,
+    ) -> __m256 {
         let mut acc = [_mm256_setzero_ps(); 8];
         for c in (0..d).step_by(8) {
             let qv = _mm256_loadu_ps(query.add(c));
             for (k, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys.add(k * d + c)), *a);
+                *a = _mm256_fmadd_ps(qv, T::load8(keys.add(k * row + c)), *a);
             }
         }
         // Three levels of pairwise adds: key k's lanes reduce in the tree order.
@@ -256,16 +337,12 @@ pub(crate) mod avx2 {
         )
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn dot1(query: *const f32, key: *const f32, d: usize) -> f32 {
+    unsafe fn dot1<T: KvElement>(query: *const f32, key: *const T, d: usize) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for c in (0..d).step_by(8) {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(query.add(c)),
-                _mm256_loadu_ps(key.add(c)),
-                acc,
-            );
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(query.add(c)), T::load8(key.add(c)), acc);
         }
         tree8(acc)
     }
@@ -277,20 +354,21 @@ pub(crate) mod avx2 {
     /// softmax over its own keys, then the values: each key's row read once
     /// and added into every query that sees it, in key order, with the
     /// block's output rows accumulating in scratch.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn query_block(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn query_block<T: KvElement>(
         shape: &AttentionShape,
         q: &[f32],
-        kv: KvView<'_>,
+        kv: KvView<'_, T>,
         h: usize,
         queries: std::ops::Range<usize>,
         out: *mut f32,
         scratch: &mut Vec<f32>,
     ) {
         let d = shape.head_dim;
+        let row = shape.n_kv * d;
         let g = h / (shape.n_head / shape.n_kv);
-        let keys = kv.k.as_ptr().add(g * kv.capacity * d);
-        let values = kv.v.as_ptr().add(g * kv.capacity * d);
+        let keys = kv.k.as_ptr().add(g * d);
+        let values = kv.v.as_ptr().add(g * d);
         let nq = queries.len();
         let ranges: Vec<(usize, usize)> = queries.clone().map(|i| shape.visible(i)).collect();
         let lo = ranges.iter().map(|r| r.0).min().expect("a query");
@@ -309,9 +387,9 @@ pub(crate) mod avx2 {
         // 1. Scores: each (query, key) dot product the same whichever way computed.
         let mut c = 0;
         while c + 8 <= width {
-            let k8 = keys.add((lo + c) * d);
+            let k8 = keys.add((lo + c) * row);
             for b in 0..nq {
-                let dots = dots8(query(b), k8, d);
+                let dots = dots8(query(b), k8, d, row);
                 _mm256_storeu_ps(
                     scores.as_mut_ptr().add(b * stride + c),
                     _mm256_mul_ps(dots, scale),
@@ -320,7 +398,7 @@ pub(crate) mod avx2 {
             c += 8;
         }
         for j in c..width {
-            let key = keys.add((lo + j) * d);
+            let key = keys.add((lo + j) * row);
             for b in 0..nq {
                 scores[b * stride + j] = dot1(query(b), key, d) * shape.scale;
             }
@@ -359,7 +437,7 @@ pub(crate) mod avx2 {
         // 3. Values: key by key, into every query that sees the key.
         acc[..nq * d].fill(0.0);
         for j in lo..=hi {
-            let v = values.add(j * d);
+            let v = values.add(j * row);
             for (b, &(first, last)) in ranges.iter().enumerate() {
                 if j < first || j > last {
                     continue;
@@ -367,8 +445,7 @@ pub(crate) mod avx2 {
                 let p = _mm256_set1_ps(scores[b * stride + (j - lo)]);
                 let a = acc.as_mut_ptr().add(b * d);
                 for t in (0..d).step_by(8) {
-                    let sum =
-                        _mm256_fmadd_ps(p, _mm256_loadu_ps(v.add(t)), _mm256_loadu_ps(a.add(t)));
+                    let sum = _mm256_fmadd_ps(p, T::load8(v.add(t)), _mm256_loadu_ps(a.add(t)));
                     _mm256_storeu_ps(a.add(t), sum);
                 }
             }
@@ -433,7 +510,7 @@ mod tests {
         window: Option<usize>,
         capacity: usize,
         rng: &mut StdRng,
-    ) -> (AttentionShape, Vec<f32>, Vec<f32>, Vec<f32>) {
+    ) -> (AttentionShape, Vec<f32>, Vec<f16>, Vec<f16>) {
         let shape = AttentionShape {
             n_head,
             n_kv,
@@ -444,8 +521,9 @@ mod tests {
             scale: 1.0 / (d as f32).sqrt(),
         };
         let q = random(n_head * seq * d, rng);
-        let k = random(n_kv * capacity * d, rng);
-        let v = random(n_kv * capacity * d, rng);
+        let halves = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+        let k = halves(random(capacity * n_kv * d, rng));
+        let v = halves(random(capacity * n_kv * d, rng));
         (shape, q, k, v)
     }
 
@@ -463,17 +541,25 @@ mod tests {
             (3, 1, 128, 20, 100, Some(7), 130),
         ] {
             let (shape, q, k, v) = case(n_head, n_kv, d, seq, offset, window, capacity, &mut rng);
-            let kv = KvView {
-                k: &k,
-                v: &v,
-                capacity,
-            };
+            let kv = KvView { k: &k, v: &v };
             let mut want = vec![0f32; q.len()];
             reference(&shape, &q, kv, &mut want);
             let mut got = vec![0f32; q.len()];
             attention(&shape, &q, kv, &mut got, &pool);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{shape:?}");
+            // The same values held in f32: the same bits again.
+            let (k32, v32): (Vec<f32>, Vec<f32>) = (
+                k.iter().map(|x| x.to_f32()).collect(),
+                v.iter().map(|x| x.to_f32()).collect(),
+            );
+            let kv32 = KvView { k: &k32, v: &v32 };
+            let mut want32 = vec![0f32; q.len()];
+            reference(&shape, &q, kv32, &mut want32);
+            let mut got32 = vec![0f32; q.len()];
+            attention(&shape, &q, kv32, &mut got32, &pool);
+            assert_eq!(bits(&got32), bits(&want32), "{shape:?}, f32");
+            assert_eq!(bits(&want32), bits(&want), "{shape:?}: f16 widens exactly");
         }
     }
 
@@ -484,11 +570,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(2);
         let (n_head, n_kv, d, capacity) = (4, 2, 64, 64);
         let (shape, q, k, v) = case(n_head, n_kv, d, 24, 30, Some(20), capacity, &mut rng);
-        let kv = KvView {
-            k: &k,
-            v: &v,
-            capacity,
-        };
+        let kv = KvView { k: &k, v: &v };
         let mut whole = vec![0f32; q.len()];
         attention(&shape, &q, kv, &mut whole, &Pool::new(1));
         // Query rows [from, to) as their own call.
@@ -524,11 +606,7 @@ mod tests {
     fn close_to_an_f64_softmax_attention() {
         let mut rng = StdRng::seed_from_u64(3);
         let (shape, q, k, v) = case(4, 2, 64, 10, 50, Some(16), 64, &mut rng);
-        let kv = KvView {
-            k: &k,
-            v: &v,
-            capacity: 64,
-        };
+        let kv = KvView { k: &k, v: &v };
         let mut got = vec![0f32; q.len()];
         attention(&shape, &q, kv, &mut got, &Pool::new(2));
         let d = 64;
@@ -539,11 +617,11 @@ mod tests {
                 let query = &q[(h * 10 + i) * d..][..d];
                 let scores: Vec<f64> = (first..=last)
                     .map(|j| {
-                        let key = &k[(g * 64 + j) * d..][..d];
+                        let key = &k[(j * 2 + g) * d..][..d];
                         query
                             .iter()
                             .zip(key)
-                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .map(|(&a, &b)| a as f64 * b.to_f64())
                             .sum::<f64>()
                             / (d as f64).sqrt()
                     })
@@ -555,7 +633,7 @@ mod tests {
                     let want: f64 = e
                         .iter()
                         .enumerate()
-                        .map(|(c, p)| p * v[(g * 64 + first + c) * d + t] as f64)
+                        .map(|(c, p)| p * v[((first + c) * 2 + g) * d + t].to_f64())
                         .sum::<f64>()
                         / sum;
                     let have = got[(i * 4 + h) * d + t] as f64;

@@ -110,6 +110,22 @@ impl PackedMatrix {
         bytes: &[u8],
         tier: Tier,
     ) -> Result<Self, PackError> {
+        Self::pack_releasing(format, n, k, bytes, tier, &mut |_| {})
+    }
+
+    /// [`PackedMatrix::pack`], calling `done` with each stretch of `bytes`
+    /// (a few MiB, in order) once it has been read for the last time, so a
+    /// caller can drop the file's pages while the packed copy grows: the two
+    /// copies of a large matrix are never resident together.
+    pub fn pack_releasing(
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+        bytes: &[u8],
+        tier: Tier,
+        done: &mut dyn FnMut(std::ops::Range<usize>),
+    ) -> Result<Self, PackError> {
+        const RELEASE_EVERY: usize = 4 << 20;
         let bv = format.block_values();
         if k == 0 || !k.is_multiple_of(bv) {
             return Err(PackError::Shape(format!(
@@ -130,6 +146,7 @@ impl PackedMatrix {
         let tile = bb * g;
         let mut data = AlignedBytes::zeroed(groups * nb * tile);
         let out = data.as_mut_slice();
+        let mut released = 0;
         for col in 0..n {
             let (gi, c) = (col / g, col % g);
             let row = &bytes[col * row_bytes..(col + 1) * row_bytes];
@@ -137,6 +154,11 @@ impl PackedMatrix {
                 let src = &row[b * bb..(b + 1) * bb];
                 let dst = &mut out[(gi * nb + b) * tile..(gi * nb + b + 1) * tile];
                 pack_block(format, src, dst, g, c);
+            }
+            let read = (col + 1) * row_bytes;
+            if read - released >= RELEASE_EVERY || col + 1 == n {
+                done(released..read);
+                released = read;
             }
         }
         Ok(Self {

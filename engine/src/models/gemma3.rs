@@ -80,7 +80,7 @@ impl Config {
                 .map(|p| p as usize)
                 .unwrap_or(DEFAULT_SLIDING_WINDOW_PATTERN),
             max_position_embeddings: gguf.arch_u32("context_length")? as usize,
-            vocab_size: gguf.array("tokenizer.ggml.tokens")?.len(),
+            vocab_size: gguf.vocab_size()?,
         })
     }
 

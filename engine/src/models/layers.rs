@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, Device, Layout, Module, Shape, Tensor};
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
 use crate::kernels::{self, PackedMatrix};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvRows};
 use crate::models::attention::{attention, KeyMask};
 use crate::models::moe::SparseMoe;
 
@@ -467,11 +467,11 @@ impl SelfAttention {
             RopeStyle::Interleaved => (rope.apply_interleaved(&q)?, rope.apply_interleaved(&k)?),
             RopeStyle::Neox => (rope.apply_neox(&q)?, rope.apply_neox(&k)?),
         };
-        let (k, v) = cache.append(layer, &k, &v)?;
         if self.engine_kernels {
-            let y = self.cpu_attention(&q, cache, layer, offset, seq)?;
+            let y = self.cpu_attention(&q, &k, &v, cache, layer, offset, seq)?;
             return self.o.forward(&y);
         }
+        let (k, v) = cache.append(layer, &k, &v)?;
         let kv_len = offset + seq;
         let y = match s.window {
             // One query: keep only the keys inside its window, no mask needed.
@@ -490,12 +490,16 @@ impl SelfAttention {
         self.o.forward(&y)
     }
 
-    /// The engine's attention kernel over the cache buffers of `layer`:
-    /// `q` is `(1, n_head, seq, d)`, the result `(1, seq, n_head · d)`.
+    /// Appends `k`, `v` (`(1, n_kv_head, seq, d)`) to the f16 rows of `layer`
+    /// and runs the engine's attention kernel over them: `q` is `(1, n_head,
+    /// seq, d)`, the result `(1, seq, n_head · d)`.
+    #[allow(clippy::too_many_arguments)]
     fn cpu_attention(
         &self,
         q: &Tensor,
-        cache: &KvCache,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut KvCache,
         layer: usize,
         offset: usize,
         seq: usize,
@@ -510,16 +514,19 @@ impl SelfAttention {
             window: s.window,
             scale: 1.0 / (s.head_dim as f32).sqrt(),
         };
-        let (kbuf, vbuf) = cache.buffers(layer).ok_or_else(|| {
-            EngineError::InvalidRequest("attention before any key was cached".into())
-        })?;
-        let capacity = kbuf.dim(2)?;
         let mut out = vec![0f32; s.n_head * seq * s.head_dim];
         with_cpu_slice(&q.contiguous()?, |q| {
-            with_cpu_slice(kbuf, |k| {
-                with_cpu_slice(vbuf, |v| {
-                    let kv = kernels::attention::KvView { k, v, capacity };
-                    kernels::attention::attention(&shape, q, kv, &mut out, kernels::pool::pool());
+            with_cpu_slice(&k.contiguous()?, |k| {
+                with_cpu_slice(&v.contiguous()?, |v| {
+                    let pool = kernels::pool::pool();
+                    match cache.append_rows(layer, k, v, s.n_kv_head, s.head_dim)? {
+                        KvRows::F16(kv) => {
+                            kernels::attention::attention(&shape, q, kv, &mut out, pool)
+                        }
+                        KvRows::F32(kv) => {
+                            kernels::attention::attention(&shape, q, kv, &mut out, pool)
+                        }
+                    }
                     Ok(())
                 })
             })

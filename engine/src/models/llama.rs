@@ -69,7 +69,7 @@ impl Config {
             .unwrap_or(hidden_size / num_attention_heads);
         let vocab_size = match gguf.arch_u32("vocab_size") {
             Ok(v) => v as usize,
-            Err(_) => gguf.array("tokenizer.ggml.tokens")?.len(),
+            Err(_) => gguf.vocab_size()?,
         };
         Ok(Self {
             hidden_size,

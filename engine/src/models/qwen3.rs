@@ -83,7 +83,7 @@ impl Config {
             rms_norm_eps: gguf.arch_f32("attention.layer_norm_rms_epsilon")? as f64,
             rope_theta: gguf.arch_f32("rope.freq_base").unwrap_or(1_000_000.0),
             max_position_embeddings: gguf.arch_u32("context_length")? as usize,
-            vocab_size: gguf.array("tokenizer.ggml.tokens")?.len(),
+            vocab_size: gguf.vocab_size()?,
             num_experts,
             num_experts_per_tok: gguf.arch_u32("expert_used_count").unwrap_or(0) as usize,
         })
