@@ -693,6 +693,37 @@ async fn disconnect_cancels_generation() {
     );
 }
 
+/// A client that hangs up while its long prompt is still being prefilled
+/// cancels the prefill: nothing is generated for it (before, the stream
+/// only noticed at its first token, so an abandoned 19k-token Claude Code
+/// request held the engine for minutes while the client retried).
+#[tokio::test]
+async fn disconnect_during_prefill_cancels_it() {
+    let server = TestServer::start(ServeConfig::default());
+    let text: String = (0..400)
+        .map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog.\n"))
+        .collect();
+    let mut request = ask(&format!("Summarize:\n{text}"), 64);
+    request["stream"] = json!(true);
+    let response = server.post("/v1/messages", &request).await;
+    let mut stream = response.bytes_stream().eventsource();
+    // message_start is sent once the job has started, before the prefill ends.
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.event, "message_start");
+    drop(stream);
+    let mut stats = Value::Null;
+    for _ in 0..1200 {
+        let (_, body) = server.get("/showdown/stats").await;
+        stats = body["models"][0]["stats"].clone();
+        if stats["cancelled"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats["cancelled"], 1, "{stats}");
+    assert_eq!(stats["generated_tokens"], 0, "cancelled inside the prefill: {stats}");
+}
+
 /// The official Anthropic Python SDK against the server: installed by
 /// `./scripts/test` into `target/sdk-venv` (or name a Python with
 /// SHOWDOWN_SDK_PYTHON).

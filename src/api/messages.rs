@@ -212,7 +212,14 @@ impl Exchange {
         if !send(sse_event("ping", &json!({"type": "ping"}))).await {
             return;
         }
-        while let Some(event) = receiver.recv().await {
+        loop {
+            // A client gone during a long prefill is noticed now, not at the
+            // first token: leaving cancels the generation (the caller's guard).
+            let event = tokio::select! {
+                event = receiver.recv() => event,
+                () = sse.closed() => return,
+            };
+            let Some(event) = event else { break };
             let blocks = match event {
                 WorkerEvent::Text(text) => self.assembler.push(&text),
                 WorkerEvent::Finished(generation) => {

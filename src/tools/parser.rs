@@ -24,6 +24,12 @@
 //! markers included. A call cut off before its end marker still counts when
 //! its body parses. Whitespace between calls, and after the last one, is
 //! dropped.
+//!
+//! Hermes output may also hold a call without its markers: a turn that
+//! starts (or goes on after a call) with `{"name"` is a call whose JSON
+//! object ends it, as llama.cpp's and Ollama's Hermes parsers read it. Small
+//! Qwen models often write their calls that way, and a server that took them
+//! for text would make the model look unable to call tools.
 
 use serde_json::Value;
 
@@ -59,7 +65,17 @@ pub struct ToolCallParser {
     searched: usize,
     /// Just after a call: leading whitespace is dropped.
     after_call: bool,
+    /// Whether a bare `{"name"` may open a call here (at the start of the
+    /// output or after a call, for formats that allow it).
+    bare_may_open: bool,
+    /// The format allows bare calls.
+    bare_allowed: bool,
+    /// The call being read is bare: its closing `}` ends it.
+    bare: bool,
 }
+
+/// What a bare call opens with, whitespace aside.
+const BARE_OPENING: [&str; 2] = ["{", "\"name\""];
 
 impl ToolCallParser {
     pub(crate) fn new(format: ToolCallFormat) -> Self {
@@ -71,6 +87,44 @@ impl ToolCallParser {
             call: CallState::Header,
             searched: 0,
             after_call: false,
+            bare_may_open: format == ToolCallFormat::Hermes,
+            bare_allowed: format == ToolCallFormat::Hermes,
+            bare: false,
+        }
+    }
+
+    /// Whether `buf` opens a bare call (`Some(true)`), cannot (`Some(false)`)
+    /// or cannot tell yet (`None`).
+    fn opens_bare_call(&self) -> Option<bool> {
+        let mut rest = self.buf.trim_start();
+        for expected in BARE_OPENING {
+            rest = rest.trim_start();
+            if let Some(after) = rest.strip_prefix(expected) {
+                rest = after;
+            } else if expected.starts_with(rest) {
+                return None;
+            } else {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
+    fn start_call(&mut self, bare: bool) {
+        self.in_call = true;
+        self.bare = bare;
+        self.call = CallState::Header;
+        self.searched = 0;
+        self.after_call = false;
+        self.bare_may_open = false;
+    }
+
+    /// What ends the call being read.
+    fn call_end(&self) -> &'static str {
+        if self.bare {
+            "}"
+        } else {
+            self.end
         }
     }
 
@@ -91,13 +145,22 @@ impl ToolCallParser {
                         break;
                     }
                 }
+                if self.bare_may_open {
+                    match self.opens_bare_call() {
+                        None => break,
+                        Some(true) => {
+                            let trimmed = self.buf.trim_start().len();
+                            self.buf.drain(..self.buf.len() - trimmed);
+                            self.start_call(true);
+                            continue;
+                        }
+                        Some(false) => self.bare_may_open = false,
+                    }
+                }
                 if let Some(at) = self.buf.find(self.start) {
                     push_text(&mut events, &self.buf[..at]);
                     self.buf.drain(..at + self.start.len());
-                    self.in_call = true;
-                    self.call = CallState::Header;
-                    self.searched = 0;
-                    self.after_call = false;
+                    self.start_call(false);
                     continue;
                 }
                 let keep = partial_suffix(&self.buf, self.start);
@@ -120,6 +183,7 @@ impl ToolCallParser {
             match std::mem::replace(&mut self.call, CallState::Header) {
                 CallState::Header | CallState::Whole => match parse_call(&self.buf) {
                     Some(call) => push_call(&mut events, call),
+                    None if self.bare => push_text(&mut events, &self.buf),
                     None => push_text(&mut events, &format!("{}{}", self.start, self.buf)),
                 },
                 CallState::Arguments { name, scan } => {
@@ -169,8 +233,9 @@ impl ToolCallParser {
                     true
                 }
                 Scanned::Broken(at) => {
+                    let end = self.call_end();
                     let rest = self.buf[at..].trim_start();
-                    if rest.len() < self.end.len() && self.end.starts_with(rest) {
+                    if rest.len() < end.len() && end.starts_with(rest) {
                         // Perhaps the end marker: wait for the rest of it.
                         self.call = CallState::Arguments { name, scan };
                         return false;
@@ -179,17 +244,17 @@ impl ToolCallParser {
                     events.push(ParsedEvent::ToolCallEnd(ToolCall { name, input }));
                     self.buf.drain(..at);
                     let rest = self.buf.trim_start();
-                    if let Some(after) = rest.strip_prefix(self.end) {
+                    if let Some(after) = rest.strip_prefix(end) {
                         self.buf = after.to_string();
                     }
                     self.end_call();
                     true
                 }
             },
-            CallState::Tail { name, input } => match self.buf.find(self.end) {
+            CallState::Tail { name, input } => match self.buf.find(self.call_end()) {
                 Some(at) => {
                     events.push(ParsedEvent::ToolCallEnd(ToolCall { name, input }));
-                    self.buf.drain(..at + self.end.len());
+                    self.buf.drain(..at + self.call_end().len());
                     self.end_call();
                     true
                 }
@@ -199,18 +264,21 @@ impl ToolCallParser {
                 }
             },
             CallState::Whole => {
-                while let Some(offset) = self.buf[self.searched..].find(self.end) {
+                let end = self.call_end();
+                // A bare call's body is the object, its closing brace included.
+                let body_end = |at: usize| if self.bare { at + 1 } else { at };
+                while let Some(offset) = self.buf[self.searched..].find(end) {
                     let at = self.searched + offset;
-                    if let Some(call) = parse_call(&self.buf[..at]) {
+                    if let Some(call) = parse_call(&self.buf[..body_end(at)]) {
                         push_call(events, call);
-                        self.buf.drain(..at + self.end.len());
+                        self.buf.drain(..at + end.len());
                         self.end_call();
                         return true;
                     }
-                    self.searched = at + self.end.len();
+                    self.searched = at + end.len();
                 }
                 // The next search starts where a partial end marker might begin.
-                self.searched = self.buf.len() - partial_suffix(&self.buf, self.end);
+                self.searched = self.buf.len() - partial_suffix(&self.buf, end);
                 false
             }
         }
@@ -218,8 +286,10 @@ impl ToolCallParser {
 
     fn end_call(&mut self) {
         self.in_call = false;
+        self.bare = false;
         self.call = CallState::Header;
         self.after_call = true;
+        self.bare_may_open = self.bare_allowed;
     }
 }
 
@@ -572,6 +642,46 @@ mod tests {
         );
         let expected = expected_events(Some("Sure.\n"), &calls);
         check_all_splits(ToolCallFormat::Gemma, &output, &expected);
+    }
+
+    /// Calls without markers, as small Qwen models write them: one, then a
+    /// second after it, at every split; JSON that is not a call, or that
+    /// follows text, stays text.
+    #[test]
+    fn bare_hermes_calls_at_every_split() {
+        let calls = [
+            call("get_weather", json!({"city": "Paris", "unit": "celsius"})),
+            call("get_time", json!({"zone": "a}b"})),
+        ];
+        let output = r#"{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
+{"name": "get_time", "arguments": {"zone": "a}b"}}"#;
+        check_all_splits(
+            ToolCallFormat::Hermes,
+            output,
+            &expected_events(None, &calls),
+        );
+        let (first, second) = output.split_once('\n').unwrap();
+        let mixed = format!(" {first}\n<tool_call>\n{second}\n</tool_call>");
+        check_all_splits(
+            ToolCallFormat::Hermes,
+            &mixed,
+            &expected_events(None, &calls),
+        );
+        for text in [
+            r#"{"title": "not a call"}"#,
+            r#"Here: {"name": "get_weather", "arguments": {}}"#,
+        ] {
+            assert_eq!(
+                merge_text(collect(ToolCallFormat::Hermes, &[text])),
+                vec![ParsedEvent::Text(text.into())]
+            );
+        }
+        // Gemma's format has no bare calls.
+        let text = r#"{"name": "get_weather", "arguments": {}}"#;
+        assert_eq!(
+            merge_text(collect(ToolCallFormat::Gemma, &[text])),
+            vec![ParsedEvent::Text(text.into())]
+        );
     }
 
     #[test]
