@@ -721,7 +721,10 @@ async fn disconnect_during_prefill_cancels_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(stats["cancelled"], 1, "{stats}");
-    assert_eq!(stats["generated_tokens"], 0, "cancelled inside the prefill: {stats}");
+    assert_eq!(
+        stats["generated_tokens"], 0,
+        "cancelled inside the prefill: {stats}"
+    );
 }
 
 /// The official Anthropic Python SDK against the server: installed by
