@@ -26,10 +26,11 @@
 //! dropped.
 //!
 //! Hermes output may also hold a call without its markers: a turn that
-//! starts (or goes on after a call) with `{"name"` is a call whose JSON
-//! object ends it, as llama.cpp's and Ollama's Hermes parsers read it. Small
-//! Qwen models often write their calls that way, and a server that took them
-//! for text would make the model look unable to call tools.
+//! starts (or goes on after a call) with `{"name"`, perhaps inside a
+//! ```` ```json ```` fence, is a call whose JSON object ends it (and the
+//! fence's close is dropped), as llama.cpp's and Ollama's Hermes parsers read
+//! it. Small Qwen models often write their calls that way, and a server that
+//! took them for text would make the model look unable to call tools.
 
 use serde_json::Value;
 
@@ -72,7 +73,12 @@ pub struct ToolCallParser {
     bare_allowed: bool,
     /// The call being read is bare: its closing `}` ends it.
     bare: bool,
+    /// A bare call opened a fence: its closing ```` ``` ```` is dropped.
+    fence_open: bool,
 }
+
+/// Fences a bare call may sit in, longest first.
+const BARE_FENCES: [&str; 2] = ["```json", "```"];
 
 /// What a bare call opens with, whitespace aside.
 const BARE_OPENING: [&str; 2] = ["{", "\"name\""];
@@ -90,24 +96,44 @@ impl ToolCallParser {
             bare_may_open: format == ToolCallFormat::Hermes,
             bare_allowed: format == ToolCallFormat::Hermes,
             bare: false,
+            fence_open: false,
         }
     }
 
-    /// Whether `buf` opens a bare call (`Some(true)`), cannot (`Some(false)`)
-    /// or cannot tell yet (`None`).
-    fn opens_bare_call(&self) -> Option<bool> {
+    /// Whether `buf` opens a bare call (`Some(the bytes before its {, and
+    /// whether a fence opened)`), cannot (`Some(None)`) or cannot tell yet
+    /// (`None`).
+    fn opens_bare_call(&self) -> Option<Option<(usize, bool)>> {
         let mut rest = self.buf.trim_start();
-        for expected in BARE_OPENING {
+        let mut fenced = false;
+        if rest.starts_with('`') {
+            let [json, plain] = BARE_FENCES;
+            if let Some(after) = rest.strip_prefix(json) {
+                rest = after;
+            } else if json.starts_with(rest) {
+                return None;
+            } else if let Some(after) = rest.strip_prefix(plain) {
+                rest = after;
+            } else {
+                return Some(None);
+            }
+            fenced = true;
+        }
+        let mut at = self.buf.len() - rest.len();
+        for (i, expected) in BARE_OPENING.iter().enumerate() {
             rest = rest.trim_start();
+            if i == 0 {
+                at = self.buf.len() - rest.len();
+            }
             if let Some(after) = rest.strip_prefix(expected) {
                 rest = after;
             } else if expected.starts_with(rest) {
                 return None;
             } else {
-                return Some(false);
+                return Some(None);
             }
         }
-        Some(true)
+        Some(Some((at, fenced)))
     }
 
     fn start_call(&mut self, bare: bool) {
@@ -141,6 +167,16 @@ impl ToolCallParser {
                 if self.after_call {
                     let trimmed = self.buf.trim_start().len();
                     self.buf.drain(..self.buf.len() - trimmed);
+                    if self.fence_open {
+                        if self.buf.len() < 3 && "```".starts_with(self.buf.as_str()) {
+                            break;
+                        }
+                        self.fence_open = false;
+                        if self.buf.starts_with("```") {
+                            self.buf.drain(..3);
+                            continue;
+                        }
+                    }
                     if self.buf.is_empty() {
                         break;
                     }
@@ -148,13 +184,13 @@ impl ToolCallParser {
                 if self.bare_may_open {
                     match self.opens_bare_call() {
                         None => break,
-                        Some(true) => {
-                            let trimmed = self.buf.trim_start().len();
-                            self.buf.drain(..self.buf.len() - trimmed);
+                        Some(Some((at, fenced))) => {
+                            self.buf.drain(..at);
                             self.start_call(true);
+                            self.fence_open = fenced;
                             continue;
                         }
-                        Some(false) => self.bare_may_open = false,
+                        Some(None) => self.bare_may_open = false,
                     }
                 }
                 if let Some(at) = self.buf.find(self.start) {
@@ -194,7 +230,10 @@ impl ToolCallParser {
                     events.push(ParsedEvent::ToolCallEnd(ToolCall { name, input }));
                 }
             }
-        } else if !(self.after_call && self.buf.trim().is_empty()) {
+        } else if !(self.after_call
+            && (self.buf.trim().is_empty()
+                || (self.fence_open && "```".starts_with(self.buf.trim()))))
+        {
             push_text(&mut events, &self.buf);
         }
         events
@@ -660,6 +699,12 @@ mod tests {
             output,
             &expected_events(None, &calls),
         );
+        let fenced = output.replace('\n', "\n```\n```json\n");
+        check_all_splits(
+            ToolCallFormat::Hermes,
+            &format!("```json\n{fenced}\n```\n"),
+            &expected_events(None, &calls),
+        );
         let (first, second) = output.split_once('\n').unwrap();
         let mixed = format!(" {first}\n<tool_call>\n{second}\n</tool_call>");
         check_all_splits(
@@ -669,6 +714,8 @@ mod tests {
         );
         for text in [
             r#"{"title": "not a call"}"#,
+            "```json\n{\"title\": 1}\n```",
+            "```rust\nfn main() {}\n```",
             r#"Here: {"name": "get_weather", "arguments": {}}"#,
         ] {
             assert_eq!(
