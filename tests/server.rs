@@ -663,6 +663,22 @@ async fn full_queue_sheds_load_with_529() {
     assert!(statuses.contains(&529), "{statuses:?}");
 }
 
+/// The served model's stats once one generation was cancelled, polled every
+/// 100 ms at most `polls` times.
+async fn wait_for_one_cancelled(server: &TestServer, polls: usize) -> Value {
+    let mut stats = Value::Null;
+    for _ in 0..polls {
+        let (_, body) = server.get("/showdown/stats").await;
+        stats = body["models"][0]["stats"].clone();
+        if stats["cancelled"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats["cancelled"], 1, "{stats}");
+    stats
+}
+
 #[tokio::test]
 async fn disconnect_cancels_generation() {
     let server = TestServer::start(ServeConfig::default());
@@ -677,16 +693,7 @@ async fn disconnect_cancels_generation() {
         }
     }
     drop(stream);
-    let mut stats = Value::Null;
-    for _ in 0..600 {
-        let (_, body) = server.get("/showdown/stats").await;
-        stats = body["models"][0]["stats"].clone();
-        if stats["cancelled"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(stats["cancelled"], 1, "{stats}");
+    let stats = wait_for_one_cancelled(&server, 600).await;
     assert!(
         stats["generated_tokens"].as_u64().unwrap() < 4000,
         "{stats}"
@@ -711,16 +718,7 @@ async fn disconnect_during_prefill_cancels_it() {
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.event, "message_start");
     drop(stream);
-    let mut stats = Value::Null;
-    for _ in 0..1200 {
-        let (_, body) = server.get("/showdown/stats").await;
-        stats = body["models"][0]["stats"].clone();
-        if stats["cancelled"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(stats["cancelled"], 1, "{stats}");
+    let stats = wait_for_one_cancelled(&server, 1200).await;
     assert_eq!(
         stats["generated_tokens"], 0,
         "cancelled inside the prefill: {stats}"
