@@ -3,11 +3,14 @@
 //! under a microsecond: workers spin on a job counter for a while after each
 //! job, then sleep on a condition variable, so an idle engine costs no CPU.
 //!
-//! A job is a closure every participant (the caller and each worker) calls
-//! once with its index; kernels split their work inside it, usually through
-//! an atomic task counter ([`Pool::for_each`]).
+//! A job is a set of tasks pulled from an atomic counter ([`Pool::for_each`]).
+//! Workers join a job while it is open; the caller runs tasks too, and once
+//! none is left it closes the job and waits only for the workers inside it.
+//! A worker the OS has not scheduled yet (a busy machine: a compiler, the
+//! agent beside the server) is never waited for; the caller has done its
+//! share. Which thread runs a task never changes what the task computes.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,15 +20,18 @@ use std::time::{Duration, Instant};
 /// between requests.
 const SPIN: Duration = Duration::from_micros(200);
 
-type Job = dyn Fn(usize) + Sync;
+type Job = dyn Fn() + Sync;
+
+/// `state`: the job's generation in the high bits, [`OPEN`] while workers
+/// may join, and the count of workers inside the job in the low bits.
+const OPEN: u64 = 1 << 16;
+const ACTIVE: u64 = OPEN - 1;
+const EPOCH: u64 = 1 << 17;
 
 struct Shared {
-    /// Bumped once per job; workers run a job when it changes.
-    epoch: AtomicUsize,
-    /// The current job, as a pointer whose lifetime `run` guarantees.
+    state: AtomicU64,
+    /// The current job, as a pointer whose lifetime `for_each` guarantees.
     job: Mutex<Option<JobPtr>>,
-    /// Workers that have not finished the current job.
-    remaining: AtomicUsize,
     /// Workers asleep on `wake`.
     sleepers: AtomicUsize,
     sleep: Mutex<()>,
@@ -35,8 +41,8 @@ struct Shared {
 
 #[derive(Clone, Copy)]
 struct JobPtr(*const Job);
-// SAFETY: the pointee is `Sync`, and `run` keeps it alive until every worker
-// has finished with it.
+// SAFETY: the pointee is `Sync`, and `for_each` keeps it alive until every
+// worker that joined has left.
 unsafe impl Send for JobPtr {}
 
 /// A fixed set of worker threads plus the calling thread.
@@ -52,20 +58,19 @@ impl Pool {
     pub fn new(threads: usize) -> Self {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
             job: Mutex::new(None),
-            remaining: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
         });
         let workers = (1..threads)
-            .map(|index| {
+            .map(|_| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("showdown-kernel-{index}"))
-                    .spawn(move || worker(&shared, index))
+                    .name("showdown-kernel".into())
+                    .spawn(move || worker(&shared))
                     .expect("spawn kernel worker")
             })
             .collect();
@@ -81,35 +86,51 @@ impl Pool {
         self.workers.len() + 1
     }
 
-    /// Runs `f(index)` once on each participant, `index` in `0..threads()`,
-    /// and returns when all have finished.
-    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
-        if self.workers.is_empty() {
-            f(0);
+    /// Calls `task(i)` for every `i` in `0..tasks`, spread over the pool by
+    /// an atomic counter (each task runs exactly once, on some thread), and
+    /// returns when all have finished.
+    pub fn for_each(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        if tasks == 0 {
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        let drain = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= tasks {
+                break;
+            }
+            task(i);
+        };
+        if tasks == 1 || self.workers.is_empty() {
+            drain();
             return;
         }
         // A job submitted from inside a job (or from a second thread while
         // one runs) runs on the caller alone rather than deadlocking.
         let Ok(_guard) = self.submit.try_lock() else {
-            f(0);
+            drain();
             return;
         };
         let shared = &*self.shared;
-        // SAFETY: the pointer is only dereferenced by workers between the
-        // epoch bump below and their decrement of `remaining`; this function
-        // waits for `remaining` to reach zero before returning, so `f`
-        // outlives every use. The transmute only erases that lifetime.
-        let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &Job>(f) };
+        let job: &(dyn Fn() + Sync) = &drain;
+        // SAFETY: workers dereference the pointer only while counted in
+        // `state`'s active bits, and this function returns only after the job
+        // is closed and that count is zero, so `drain` outlives every use.
+        // The transmute only erases the lifetime.
+        let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &Job>(job) };
         *shared.job.lock().expect("job lock") = Some(JobPtr(ptr));
-        shared.remaining.store(self.workers.len(), Ordering::SeqCst);
-        shared.epoch.fetch_add(1, Ordering::SeqCst);
+        let epoch = (shared.state.load(Ordering::Acquire) & !(OPEN | ACTIVE)) + EPOCH;
+        shared.state.store(epoch | OPEN, Ordering::SeqCst);
         if shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _lock = shared.sleep.lock().expect("sleep lock");
             shared.wake.notify_all();
         }
-        f(0);
+        drain();
+        // No task is left to start: close the job, then wait for the workers
+        // still finishing theirs.
+        shared.state.fetch_and(!OPEN, Ordering::SeqCst);
         let mut spins = 0u32;
-        while shared.remaining.load(Ordering::Acquire) != 0 {
+        while shared.state.load(Ordering::Acquire) & ACTIVE != 0 {
             spins += 1;
             if spins < 1 << 16 {
                 std::hint::spin_loop();
@@ -117,33 +138,14 @@ impl Pool {
                 std::thread::yield_now();
             }
         }
-    }
-
-    /// Calls `task(i)` for every `i` in `0..tasks`, spread over the pool by
-    /// an atomic counter (each task runs exactly once, on some thread).
-    pub fn for_each(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        if tasks == 0 {
-            return;
-        }
-        if tasks == 1 || self.workers.is_empty() {
-            (0..tasks).for_each(task);
-            return;
-        }
-        let next = AtomicUsize::new(0);
-        self.run(&|_| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= tasks {
-                break;
-            }
-            task(i);
-        });
+        *shared.job.lock().expect("job lock") = None;
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared.state.fetch_add(EPOCH, Ordering::SeqCst);
         {
             let _lock = self.shared.sleep.lock().expect("sleep lock");
             self.shared.wake.notify_all();
@@ -154,12 +156,13 @@ impl Drop for Pool {
     }
 }
 
-fn worker(shared: &Shared, index: usize) {
-    let mut seen = 0usize;
+fn worker(shared: &Shared) {
+    let generation = |state: u64| state & !(OPEN | ACTIVE);
+    let mut seen = 0u64;
     loop {
         let started = Instant::now();
         let mut spins = 0u32;
-        while shared.epoch.load(Ordering::SeqCst) == seen {
+        while generation(shared.state.load(Ordering::SeqCst)) == seen {
             spins += 1;
             if !spins.is_multiple_of(1024) {
                 std::hint::spin_loop();
@@ -172,22 +175,42 @@ fn worker(shared: &Shared, index: usize) {
             }
             let mut lock = shared.sleep.lock().expect("sleep lock");
             shared.sleepers.fetch_add(1, Ordering::SeqCst);
-            while shared.epoch.load(Ordering::SeqCst) == seen {
+            while generation(shared.state.load(Ordering::SeqCst)) == seen {
                 lock = shared.wake.wait(lock).expect("sleep lock");
             }
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
             drop(lock);
         }
-        seen = shared.epoch.load(Ordering::SeqCst);
         if shared.shutdown.load(Ordering::SeqCst) {
             return;
         }
+        // Join the job only while it is open: one that closed while this
+        // thread was not running is finished without it.
+        let mut state = shared.state.load(Ordering::SeqCst);
+        seen = generation(state);
+        let joined = loop {
+            if state & OPEN == 0 || generation(state) != seen {
+                break false;
+            }
+            match shared.state.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break true,
+                Err(now) => state = now,
+            }
+        };
+        if !joined {
+            continue;
+        }
         let job = *shared.job.lock().expect("job lock");
         if let Some(JobPtr(ptr)) = job {
-            // SAFETY: see `Pool::run`.
-            unsafe { (*ptr)(index) };
+            // SAFETY: see `Pool::for_each`.
+            unsafe { (*ptr)() };
         }
-        shared.remaining.fetch_sub(1, Ordering::Release);
+        shared.state.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -232,10 +255,24 @@ mod tests {
     }
 
     #[test]
+    fn late_workers_neither_miss_nor_repeat_tasks() {
+        // Many short jobs back to back: workers often arrive after the caller
+        // has closed a job, or join the next one while others leave.
+        let pool = Pool::new(3);
+        for tasks in (1..2000).map(|j| 1 + j % 5) {
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_each(tasks, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
     fn nested_jobs_run_on_the_caller() {
         let pool = Pool::new(2);
         let count = AtomicUsize::new(0);
-        pool.run(&|_| {
+        pool.for_each(2, &|_| {
             pool.for_each(3, &|_| {
                 count.fetch_add(1, Ordering::Relaxed);
             });
