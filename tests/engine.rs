@@ -544,3 +544,11 @@ fn one_or_three_threads_generate_the_same_text() {
     assert!(one.split_whitespace().count() > 10, "{one:?}");
     assert_eq!(one, generate("3"));
 }
+
+/// On the CPU the decoder runs fused on plain rows; it computes exactly what
+/// the same kernels compute inside candle's tensor operations layer by layer.
+#[test]
+fn the_fused_decoder_equals_the_layer_by_layer_one() {
+    let prompt = chat_prompt(smollm2(), "What is the capital of France?");
+    util::assert_fused_equals_layer_by_layer(&smollm2_path(), &prompt);
+}

@@ -141,3 +141,16 @@ fn follows_llama_cpp_greedy_continuations() {
     assert!(agreement.max_logprob_error < 1.5, "{agreement:?}");
     assert!(agreement.disagreements <= 2, "{agreement:?}");
 }
+
+/// The fused CPU decoder (sandwich norms, scaled embeddings, local and
+/// global rope) equals the layer-by-layer path bit for bit.
+#[test]
+fn the_fused_decoder_equals_the_layer_by_layer_one() {
+    let engine = gemma3();
+    let prompt = engine
+        .tokenize_prompt(
+            "<start_of_turn>user\nName three rivers.<end_of_turn>\n<start_of_turn>model\n",
+        )
+        .unwrap();
+    crate::util::assert_fused_equals_layer_by_layer(&pinned_model_path("gemma3-270m"), &prompt);
+}

@@ -345,3 +345,12 @@ source.experts_used = 2
         "routing varies: {rows:?}"
     );
 }
+
+/// The fused CPU decoder routes and mixes experts exactly as the
+/// layer-by-layer path does.
+#[test]
+fn the_fused_decoder_equals_the_layer_by_layer_one() {
+    let path = &files().stacked;
+    let tokens = prompt(&load(path));
+    util::assert_fused_equals_layer_by_layer(path, &tokens);
+}

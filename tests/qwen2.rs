@@ -105,3 +105,11 @@ fn follows_llama_cpp_greedy_continuations() {
 const NEAR_TIE: f32 = 0.5;
 const MEAN_BOUND: f32 = 0.3;
 const MAX_BOUND: f32 = 0.7;
+
+/// The fused CPU decoder (q/k/v biases) equals the layer-by-layer path bit
+/// for bit.
+#[test]
+fn the_fused_decoder_equals_the_layer_by_layer_one() {
+    let prompt = chat_prompt(qwen2(), "Write a haiku about Rust.");
+    util::assert_fused_equals_layer_by_layer(&pinned_model_path("qwen2.5-coder-0.5b"), &prompt);
+}

@@ -159,3 +159,13 @@ fn qwen3moe_sparse_dispatch_cache_and_generation() {
     let generated = generate_cold(&engine, &tokens, &greedy(12));
     assert_eq!(generated.tokens.len(), 12, "{:?}", generated.text);
 }
+
+/// The fused CPU decoder (q/k norms; the sparse MoE) equals the
+/// layer-by-layer path bit for bit.
+#[test]
+fn the_fused_decoder_equals_the_layer_by_layer_one() {
+    for path in [&files().dense, &files().sparse] {
+        let tokens = prompt(&load(path));
+        util::assert_fused_equals_layer_by_layer(path, &tokens);
+    }
+}

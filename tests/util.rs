@@ -536,3 +536,33 @@ pub fn committee_prompt(engine: &showdown_engine::Engine) -> Vec<u32> {
         .encode("The committee met on Tuesday to discuss the budget, the new library and the bridge over the river.")
         .unwrap()
 }
+
+/// The fused CPU decoder (plain rows) against the same kernels run layer by
+/// layer through candle's tensor operations, as the device builds run: the
+/// logits after a prompt in two chunks and after each of six greedy decode
+/// steps are equal bit for bit. `prompt` must have at least two tokens.
+pub fn assert_fused_equals_layer_by_layer(path: &std::path::Path, prompt: &[u32]) {
+    use showdown_engine::{Engine, Kernels, LoadOptions};
+    let load = |kernels| {
+        let options = LoadOptions {
+            kernels,
+            ..LoadOptions::default()
+        };
+        Engine::load(path, &options).expect("load")
+    };
+    let fused = load(Kernels::Engine);
+    let layered = load(Kernels::EngineLayerByLayer);
+    assert!(fused.model().runs_fused() && !layered.model().runs_fused());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (mut a, mut b) = (fused.new_cache(), layered.new_cache());
+    let split = prompt.len() / 2;
+    engine_logits(&fused, &prompt[..split], &mut a);
+    engine_logits(&layered, &prompt[..split], &mut b);
+    let mut step = prompt[split..].to_vec();
+    for i in 0..7 {
+        let x = engine_logits(&fused, &step, &mut a);
+        let y = engine_logits(&layered, &step, &mut b);
+        assert_eq!(bits(&x), bits(&y), "{}: step {i}", path.display());
+        step = vec![argmax(&x)];
+    }
+}

@@ -117,6 +117,12 @@ impl Gguf {
         cpu_tier(device, self.kernels).is_some()
     }
 
+    /// Whether a decoder loaded for `device` runs fused on plain rows
+    /// ([`crate::models::decoder`]).
+    pub(crate) fn fused_on(&self, device: &Device) -> bool {
+        self.engine_kernels_on(device) && self.kernels == Kernels::Engine
+    }
+
     /// The file this was read from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -501,6 +501,7 @@ mod tests {
         assert!(exp(1000.0).is_finite());
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn case(
         n_head: usize,
         n_kv: usize,

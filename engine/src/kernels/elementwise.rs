@@ -66,6 +66,57 @@ pub fn softmax(row: &mut [f32]) {
     }
 }
 
+/// RMSNorm of each `weight.len()`-wide row of `x` into `out`:
+/// `x / sqrt(mean(x²) + eps) · weight`, the squares summed in order, as
+/// candle's `rms_norm` computes it (so both paths of a model agree).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    assert_eq!(x.len(), out.len());
+    assert!(x.len().is_multiple_of(n));
+    for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum2: f32 = src.iter().map(|&v| v * v).sum();
+        let m = (sum2 / n as f32 + eps).sqrt();
+        for ((d, &s), &w) in dst.iter_mut().zip(src).zip(weight) {
+            *d = s / m * w;
+        }
+    }
+}
+
+/// [`rms_norm`] in place.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let n = weight.len();
+    assert!(x.len().is_multiple_of(n));
+    for row in x.chunks_exact_mut(n) {
+        let sum2: f32 = row.iter().map(|&v| v * v).sum();
+        let m = (sum2 / n as f32 + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v / m * w;
+        }
+    }
+}
+
+/// Rotates each `2 · cos.len()`-wide head of `x` in place by the angles
+/// whose cosines and sines are given: pairs `(2i, 2i + 1)` when
+/// `interleaved`, else `(i, i + d/2)` (NeoX), with candle's formulas
+/// `(a·cos - b·sin, a·sin + b·cos)`.
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = cos.len();
+    assert_eq!(sin.len(), half);
+    assert!(x.len().is_multiple_of(2 * half));
+    for head in x.chunks_exact_mut(2 * half) {
+        for i in 0..half {
+            let (i1, i2) = if interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
+            let (a, b) = (head[i1], head[i2]);
+            head[i1] = a * cos[i] - b * sin[i];
+            head[i2] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -155,6 +206,32 @@ mod tests {
         gelu_tanh_mul(&mut a, &up);
         gelu_tanh_mul_reference(&mut b, &up);
         assert_eq!(bits(&a), bits(&b));
+    }
+
+    #[test]
+    fn rms_norm_scales_rows_to_unit_mean_square() {
+        let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        let w = [1.0, 2.0, 1.0, 1.0];
+        let mut out = [0f32; 8];
+        rms_norm(&x, &w, 0.0, &mut out);
+        // Row 1: mean square 25/4, so x / 2.5.
+        assert_eq!(out[..4], [1.2, 3.2, 0.0, 0.0]);
+        assert_eq!(out[4..], [1.0, 2.0, 1.0, 1.0]);
+        let mut y = x;
+        rms_norm_in_place(&mut y, &w, 0.0);
+        assert_eq!(y, out);
+    }
+
+    #[test]
+    fn rope_rotates_the_right_pairs() {
+        // A quarter turn: (a, b) → (-b, a).
+        let (cos, sin) = ([0.0, 1.0], [1.0, 0.0]);
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, &cos, &sin, true);
+        assert_eq!(x, [-2.0, 1.0, 3.0, 4.0]);
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, &cos, &sin, false);
+        assert_eq!(x, [-3.0, 2.0, 1.0, 4.0]);
     }
 
     #[test]

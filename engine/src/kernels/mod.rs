@@ -43,6 +43,10 @@ pub enum Kernels {
     /// so an architecture can be compared with them exactly, and a baseline
     /// for speed.
     Candle,
+    /// The engine's kernels inside candle tensor operations, layer by
+    /// layer, as the device builds run: the CPU's fused decoder is checked
+    /// against it bit for bit.
+    EngineLayerByLayer,
 }
 
 impl Default for Kernels {

@@ -269,43 +269,125 @@ impl PackedMatrix {
         }
     }
 
-    fn run_groups(&self, pool: &Pool, acts: &Acts<'_>, x: &[f32], m: usize, out: &mut [f32]) {
+    /// Several matrices over the same input, as one job: the activations
+    /// quantized once, then every matrix's column groups spread over the
+    /// pool together (a layer's q, k and v; gate and up). Each output is
+    /// the same as its own [`PackedMatrix::matmul`]'s.
+    pub fn matmul_shared(products: &mut [(&PackedMatrix, &mut [f32])], x: &[f32], m: usize) {
+        let pool = pool();
+        let first: &PackedMatrix = match products.first() {
+            Some(product) => product.0,
+            None => return,
+        };
+        let (k, act) = (first.k, first.format.act_format());
+        if m == 0
+            || products
+                .iter()
+                .any(|(w, _)| w.k != k || w.format.act_format() != act)
+        {
+            for (w, out) in products.iter_mut() {
+                w.matmul_on(pool, x, m, out);
+            }
+            return;
+        }
+        assert_eq!(x.len(), m * k, "input is not {m} × {k}");
+        for (w, out) in products.iter() {
+            assert_eq!(out.len(), m * w.n, "output is not {m} × {}", w.n);
+        }
+        let plans: Vec<(TaskPlan, SendPtr)> = products
+            .iter_mut()
+            .map(|(w, out)| (w.plan(pool, m), SendPtr(out.as_mut_ptr())))
+            .collect();
+        let total: usize = plans.iter().map(|(p, _)| p.tasks()).sum();
+        ACTS.with(|acts| {
+            let mut acts = acts.borrow_mut();
+            let acts = first.quantize(pool, x, m, &mut acts);
+            pool.for_each(total, &|mut task| {
+                for ((w, _), (plan, out)) in products.iter().zip(&plans) {
+                    if task < plan.tasks() {
+                        w.run_task(plan, task, &acts, x, m, *out);
+                        return;
+                    }
+                    task -= plan.tasks();
+                }
+            });
+        });
+    }
+
+    /// How one product is cut into tasks: rows in chunks so a tall input
+    /// still spreads over the threads, and columns in chunks of whole groups.
+    fn plan(&self, pool: &Pool, m: usize) -> TaskPlan {
         let groups = self.n.div_ceil(self.g);
-        let threads = pool.threads();
-        // Rows in chunks so a tall input still spreads over the threads, and
-        // columns in chunks of whole groups.
         let row_chunk = if m <= 64 { m } else { 64 };
         let row_chunks = m.div_ceil(row_chunk);
-        let want = threads * 4;
+        let want = pool.threads() * 4;
         let group_chunk = (groups * row_chunks).div_ceil(want).clamp(1, groups);
-        let group_chunks = groups.div_ceil(group_chunk);
+        TaskPlan {
+            groups,
+            row_chunk,
+            row_chunks,
+            group_chunk,
+            group_chunks: groups.div_ceil(group_chunk),
+        }
+    }
+
+    fn run_groups(&self, pool: &Pool, acts: &Acts<'_>, x: &[f32], m: usize, out: &mut [f32]) {
+        let plan = self.plan(pool, m);
         let out_ptr = SendPtr(out.as_mut_ptr());
+        pool.for_each(plan.tasks(), &|task| {
+            self.run_task(&plan, task, acts, x, m, out_ptr)
+        });
+    }
+
+    /// Task `task` of `plan`: one chunk of rows times one chunk of groups.
+    fn run_task(
+        &self,
+        plan: &TaskPlan,
+        task: usize,
+        acts: &Acts<'_>,
+        x: &[f32],
+        m: usize,
+        out_ptr: SendPtr,
+    ) {
+        let (gc, rc) = (task / plan.row_chunks, task % plan.row_chunks);
+        let r0 = rc * plan.row_chunk;
+        let rows = plan.row_chunk.min(m - r0);
         let data = self.data.as_slice();
         let gb = self.group_bytes();
         let nb = self.blocks();
-        pool.for_each(group_chunks * row_chunks, &|task| {
-            let (gc, rc) = (task / row_chunks, task % row_chunks);
-            let r0 = rc * row_chunk;
-            let rows = row_chunk.min(m - r0);
-            for gi in gc * group_chunk..((gc + 1) * group_chunk).min(groups) {
-                let tiles = &data[gi * gb..(gi + 1) * gb];
-                let c0 = gi * self.g;
-                let valid = self.g.min(self.n - c0);
-                let dst = GroupOut {
-                    // SAFETY: each (row, column) of `out` belongs to exactly one task.
-                    ptr: unsafe { out_ptr.get().add(r0 * self.n + c0) },
-                    stride: self.n,
-                    rows,
-                    valid,
-                };
-                let input = match acts {
-                    Acts::F32 => GroupIn::F32(&x[r0 * self.k..(r0 + rows) * self.k]),
-                    Acts::B32(a) => GroupIn::B32(&a[r0 * nb..(r0 + rows) * nb]),
-                    Acts::K(a) => GroupIn::K(&a[r0 * nb..(r0 + rows) * nb]),
-                };
-                run_group(self.tier, self.format, tiles, nb, &input, &dst);
-            }
-        });
+        for gi in gc * plan.group_chunk..((gc + 1) * plan.group_chunk).min(plan.groups) {
+            let tiles = &data[gi * gb..(gi + 1) * gb];
+            let c0 = gi * self.g;
+            let valid = self.g.min(self.n - c0);
+            let dst = GroupOut {
+                // SAFETY: each (row, column) of `out` belongs to exactly one task.
+                ptr: unsafe { out_ptr.get().add(r0 * self.n + c0) },
+                stride: self.n,
+                rows,
+                valid,
+            };
+            let input = match acts {
+                Acts::F32 => GroupIn::F32(&x[r0 * self.k..(r0 + rows) * self.k]),
+                Acts::B32(a) => GroupIn::B32(&a[r0 * nb..(r0 + rows) * nb]),
+                Acts::K(a) => GroupIn::K(&a[r0 * nb..(r0 + rows) * nb]),
+            };
+            run_group(self.tier, self.format, tiles, nb, &input, &dst);
+        }
+    }
+}
+
+/// The tasks of one product ([`PackedMatrix::plan`]).
+struct TaskPlan {
+    groups: usize,
+    row_chunk: usize,
+    row_chunks: usize,
+    group_chunk: usize,
+    group_chunks: usize,
+}
+
+impl TaskPlan {
+    fn tasks(&self) -> usize {
+        self.group_chunks * self.row_chunks
     }
 }
 

@@ -8,15 +8,16 @@
 //! Norm weights are used as stored: the GGUF conversion already folds in
 //! Gemma's `1 + weight`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
+use crate::models::decoder::{Decoder, DecoderBlock};
 use crate::models::layers::{
-    Activation, AttentionShape, Embeddings, Linear, Mlp, RmsNorm, RopeStyle, RotaryEmbedding,
-    SelfAttention,
+    Activation, AttentionShape, Embeddings, FeedForward, Linear, Mlp, RmsNorm, RopeStyle,
+    RotaryEmbedding, SelfAttention,
 };
 use crate::models::ModelInfo;
 
@@ -90,23 +91,11 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
-struct DecoderLayer {
-    attn_norm: RmsNorm,
-    attn: SelfAttention,
-    post_attn_norm: RmsNorm,
-    ffn_norm: RmsNorm,
-    mlp: Mlp,
-    post_ffn_norm: RmsNorm,
-    sliding: bool,
-}
-
 /// A Gemma 3 model: weights only; the KV cache is passed in.
 pub struct Model {
-    embed: Embeddings,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    output: Linear,
+    decoder: Decoder,
+    /// Whether each block attends within the sliding window (local rope).
+    sliding: Vec<bool>,
     rope_global: RotaryEmbedding,
     rope_local: RotaryEmbedding,
     config: Config,
@@ -134,7 +123,7 @@ impl Model {
             let norm =
                 |name: &str| RmsNorm::in_block(gguf, &prefix, name, cfg.rms_norm_eps, device);
             let sliding = cfg.is_sliding(i);
-            layers.push(DecoderLayer {
+            layers.push(DecoderBlock {
                 attn_norm: norm("attn_norm")?,
                 attn: SelfAttention::new(
                     gguf,
@@ -149,11 +138,10 @@ impl Model {
                     },
                     device,
                 )?,
-                post_attn_norm: norm("post_attention_norm")?,
+                post_attn_norm: Some(norm("post_attention_norm")?),
                 ffn_norm: norm("ffn_norm")?,
-                mlp: Mlp::new(gguf, &prefix, Activation::GeluTanh, device)?,
-                post_ffn_norm: norm("post_ffw_norm")?,
-                sliding,
+                mlp: FeedForward::Dense(Mlp::new(gguf, &prefix, Activation::GeluTanh, device)?),
+                post_ffn_norm: Some(norm("post_ffw_norm")?),
             });
         }
         let total = gguf.parameter_count();
@@ -168,11 +156,21 @@ impl Model {
             active_parameters: total + cfg.hidden_size as u64,
         };
         let rope = |theta| RotaryEmbedding::new(cfg.head_dim, theta);
-        Ok(Self {
+        let norm = RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?;
+        let embed_scale = (cfg.hidden_size as f64).sqrt() as f32;
+        let decoder = Decoder::new(
             embed,
+            Some(embed_scale),
             layers,
-            norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
+            norm,
             output,
+            gguf.fused_on(device),
+        );
+        Ok(Self {
+            decoder,
+            sliding: (0..cfg.num_hidden_layers)
+                .map(|i| cfg.is_sliding(i))
+                .collect(),
             rope_global: rope(cfg.rope_theta),
             rope_local: rope(cfg.rope_local_base_freq),
             config: cfg,
@@ -190,29 +188,24 @@ impl Model {
         &self.info
     }
 
+    pub(crate) fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
 
     /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
     pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let seq = tokens.len();
-        let mut xs =
-            (self.embed.forward(tokens, &self.device)? * (self.config.hidden_size as f64).sqrt())?;
-        let global = self.rope_global.tables(cache.len(), seq, &self.device)?;
-        let local = self.rope_local.tables(cache.len(), seq, &self.device)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let rope = if layer.sliding { &local } else { &global };
-            let h = layer
-                .attn
-                .forward(&layer.attn_norm.forward(&xs)?, rope, i, cache)?;
-            xs = (xs + layer.post_attn_norm.forward(&h)?)?;
-            let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
-            xs = (xs + layer.post_ffn_norm.forward(&h)?)?;
-        }
-        let last = xs.narrow(1, seq - 1, 1)?;
-        let logits = self.output.forward(&self.norm.forward(&last)?)?;
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+        let global = self
+            .rope_global
+            .tables(cache.len(), tokens.len(), &self.device)?;
+        let local = self
+            .rope_local
+            .tables(cache.len(), tokens.len(), &self.device)?;
+        let rope = |i: usize| if self.sliding[i] { &local } else { &global };
+        self.decoder.forward(tokens, cache, rope, &self.device)
     }
 }
 

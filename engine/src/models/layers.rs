@@ -106,22 +106,31 @@ impl Embeddings {
         }
     }
 
+    /// The rows of `tokens`, `seq × hidden`, when the table is packed.
+    pub(crate) fn rows(&self, tokens: &[u32]) -> Result<Option<Vec<f32>>> {
+        let Self::Packed(w) = self else {
+            return Ok(None);
+        };
+        let hidden = w.k();
+        let mut values = vec![0f32; tokens.len() * hidden];
+        for (row, &token) in values.chunks_exact_mut(hidden).zip(tokens) {
+            if token as usize >= w.n() {
+                return Err(EngineError::InvalidRequest(format!(
+                    "token id {token} is outside the vocabulary of {}",
+                    w.n()
+                )));
+            }
+            w.dequantize_column(token as usize, row);
+        }
+        Ok(Some(values))
+    }
+
     /// `(1, seq)` token ids → `(1, seq, hidden)`.
     pub(crate) fn forward(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
         match self {
             Self::Packed(w) => {
-                let hidden = w.k();
-                let mut values = vec![0f32; tokens.len() * hidden];
-                for (row, &token) in values.chunks_exact_mut(hidden).zip(tokens) {
-                    if token as usize >= w.n() {
-                        return Err(crate::error::EngineError::InvalidRequest(format!(
-                            "token id {token} is outside the vocabulary of {}",
-                            w.n()
-                        )));
-                    }
-                    w.dequantize_column(token as usize, row);
-                }
-                Ok(Tensor::from_vec(values, (1, tokens.len(), hidden), device)?)
+                let values = self.rows(tokens)?.expect("a packed table");
+                Ok(Tensor::from_vec(values, (1, tokens.len(), w.k()), device)?)
             }
             Self::Candle(w) => {
                 let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
@@ -135,16 +144,30 @@ impl Embeddings {
 #[derive(Debug, Clone)]
 pub(crate) struct RmsNorm {
     weight: Tensor,
+    /// The weight's values, for the CPU rows path.
+    values: Vec<f32>,
     eps: f32,
 }
 
 impl RmsNorm {
     pub(crate) fn new(gguf: &Gguf, name: &str, eps: f64, device: &Device) -> Result<Self> {
         let weight = gguf.tensor(name, device)?.dequantize(device)?;
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self {
             weight,
+            values,
             eps: eps as f32,
         })
+    }
+
+    /// Rows of `x` normalised into `out`.
+    pub(crate) fn rows(&self, x: &[f32], out: &mut [f32]) {
+        kernels::elementwise::rms_norm(x, &self.values, self.eps, out);
+    }
+
+    /// Rows of `x` normalised in place.
+    pub(crate) fn rows_in_place(&self, x: &mut [f32]) {
+        kernels::elementwise::rms_norm_in_place(x, &self.values, self.eps);
     }
 
     /// The norm `{prefix}.{name}.weight` of one block.
@@ -173,11 +196,15 @@ pub(crate) struct RotaryEmbedding {
     inv_freq: Vec<f32>,
 }
 
-/// cos/sin tables `(seq, head_dim / 2)` for one forward's positions.
+/// cos/sin tables `(seq, head_dim / 2)` for one forward's positions, as
+/// tensors and as rows.
 #[derive(Debug, Clone)]
 pub(crate) struct RopeTables {
     cos: Tensor,
     sin: Tensor,
+    cos_rows: Vec<f32>,
+    sin_rows: Vec<f32>,
+    half: usize,
 }
 
 impl RotaryEmbedding {
@@ -202,13 +229,30 @@ impl RotaryEmbedding {
             }
         }
         Ok(RopeTables {
-            cos: Tensor::from_vec(cos, (seq, half), device)?,
-            sin: Tensor::from_vec(sin, (seq, half), device)?,
+            cos: Tensor::from_vec(cos.clone(), (seq, half), device)?,
+            sin: Tensor::from_vec(sin.clone(), (seq, half), device)?,
+            cos_rows: cos,
+            sin_rows: sin,
+            half,
         })
     }
 }
 
 impl RopeTables {
+    /// Rotates token-major rows `x` (`seq` tokens of whole heads) in place,
+    /// token `t` by the table's row `t`.
+    pub(crate) fn rotate_rows(&self, x: &mut [f32], seq: usize, style: RopeStyle) {
+        let h = self.half;
+        for (t, row) in x.chunks_exact_mut(x.len() / seq).enumerate() {
+            kernels::elementwise::rope(
+                row,
+                &self.cos_rows[t * h..(t + 1) * h],
+                &self.sin_rows[t * h..(t + 1) * h],
+                style == RopeStyle::Interleaved,
+            );
+        }
+    }
+
     /// Half-split ("NeoX") rotation (pairs `i`, `i + d/2`) of `(b, heads, seq, head_dim)`.
     pub(crate) fn apply_neox(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::rotary_emb::rope(
@@ -314,8 +358,7 @@ impl Mlp {
         let (gate, up, down) = self.packed().expect("packed projections");
         let mut g = vec![0f32; rows * gate.n()];
         let mut u = vec![0f32; rows * up.n()];
-        gate.matmul(x, rows, &mut g);
-        up.matmul(x, rows, &mut u);
+        PackedMatrix::matmul_shared(&mut [(gate, &mut g), (up, &mut u)], x, rows);
         match self.activation {
             Activation::Silu => kernels::elementwise::silu_mul(&mut g, &u),
             Activation::GeluTanh => kernels::elementwise::gelu_tanh_mul(&mut g, &u),
@@ -336,6 +379,26 @@ impl FeedForward {
         match self {
             Self::Dense(mlp) => mlp.forward(xs),
             Self::Moe(moe) => moe.forward(xs),
+        }
+    }
+
+    /// Whether [`FeedForward::forward_rows`] can run it.
+    pub(crate) fn runs_on_rows(&self) -> bool {
+        match self {
+            Self::Dense(mlp) => mlp.packed().is_some(),
+            Self::Moe(moe) => moe.runs_on_rows(),
+        }
+    }
+
+    /// `rows` rows of `x` through the feed-forward into `out`, on the
+    /// engine's kernels.
+    pub(crate) fn forward_rows(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        match self {
+            Self::Dense(mlp) => mlp.forward_rows(x, rows, out),
+            Self::Moe(moe) => {
+                out.fill(0.0);
+                moe.forward_rows_packed(x, rows, out);
+            }
         }
     }
 
@@ -380,9 +443,9 @@ pub(crate) struct SelfAttention {
     k: Linear,
     v: Linear,
     o: Linear,
-    q_bias: Option<Tensor>,
-    k_bias: Option<Tensor>,
-    v_bias: Option<Tensor>,
+    q_bias: Option<Bias>,
+    k_bias: Option<Bias>,
+    v_bias: Option<Bias>,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     shape: AttentionShape,
@@ -399,12 +462,14 @@ impl SelfAttention {
         device: &Device,
     ) -> Result<Self> {
         let w = |name: &str| Linear::in_block(gguf, prefix, name, device);
-        let bias = |name: &str| -> Result<Option<Tensor>> {
+        let bias = |name: &str| -> Result<Option<Bias>> {
             let name = format!("{prefix}.{name}.bias");
             if !gguf.has_tensor(&name) {
                 return Ok(None);
             }
-            Ok(Some(gguf.tensor(&name, device)?.dequantize(device)?))
+            let tensor = gguf.tensor(&name, device)?.dequantize(device)?;
+            let values = tensor.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Some(Bias { tensor, values }))
         };
         let norm = |name: &str| -> Result<Option<RmsNorm>> {
             if !gguf.has_tensor(&format!("{prefix}.{name}.weight")) {
@@ -445,10 +510,10 @@ impl SelfAttention {
         let s = &self.shape;
         let (b, seq, _) = xs.dims3()?;
         let offset = cache.len();
-        let project = |w: &Linear, bias: &Option<Tensor>, n: usize| -> Result<Tensor> {
+        let project = |w: &Linear, bias: &Option<Bias>, n: usize| -> Result<Tensor> {
             let mut t = w.forward(xs)?;
             if let Some(bias) = bias {
-                t = t.broadcast_add(bias)?;
+                t = t.broadcast_add(&bias.tensor)?;
             }
             Ok(t.reshape((b, seq, n, s.head_dim))?
                 .transpose(1, 2)?
@@ -488,6 +553,91 @@ impl SelfAttention {
             .transpose(1, 2)?
             .reshape((b, seq, s.n_head * s.head_dim))?;
         self.o.forward(&y)
+    }
+
+    /// Whether [`SelfAttention::forward_rows`] can run it.
+    pub(crate) fn runs_on_rows(&self) -> bool {
+        self.engine_kernels && self.packed().is_some()
+    }
+
+    fn packed(&self) -> Option<[&PackedMatrix; 4]> {
+        match (&self.q, &self.k, &self.v, &self.o) {
+            (Linear::Packed(q), Linear::Packed(k), Linear::Packed(v), Linear::Packed(o)) => {
+                Some([q, k, v, o])
+            }
+            _ => None,
+        }
+    }
+
+    /// The same as [`SelfAttention::forward`] on plain rows: `x` is `seq`
+    /// normalised token rows, `out` gets the attention block's output rows.
+    /// Each step is the tensor path's arithmetic, so both give the same bits.
+    pub(crate) fn forward_rows(
+        &self,
+        x: &[f32],
+        seq: usize,
+        rope: &RopeTables,
+        layer: usize,
+        cache: &mut KvCache,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let s = &self.shape;
+        let d = s.head_dim;
+        let [wq, wk, wv, wo] = self
+            .packed()
+            .ok_or_else(|| EngineError::InvalidRequest("attention is not packed".into()))?;
+        let mut q = vec![0f32; seq * s.n_head * d];
+        let mut k = vec![0f32; seq * s.n_kv_head * d];
+        let mut v = vec![0f32; seq * s.n_kv_head * d];
+        PackedMatrix::matmul_shared(&mut [(wq, &mut q), (wk, &mut k), (wv, &mut v)], x, seq);
+        for (rows, bias) in [
+            (&mut q, &self.q_bias),
+            (&mut k, &self.k_bias),
+            (&mut v, &self.v_bias),
+        ] {
+            if let Some(bias) = bias {
+                for row in rows.chunks_exact_mut(bias.values.len()) {
+                    for (x, b) in row.iter_mut().zip(&bias.values) {
+                        *x += b;
+                    }
+                }
+            }
+        }
+        if let Some(norm) = &self.q_norm {
+            norm.rows_in_place(&mut q);
+        }
+        if let Some(norm) = &self.k_norm {
+            norm.rows_in_place(&mut k);
+        }
+        rope.rotate_rows(&mut q, seq, s.rope);
+        rope.rotate_rows(&mut k, seq, s.rope);
+        // The kernels take heads outermost; one token's rows already are.
+        let (q, k, v) = if seq == 1 {
+            (q, k, v)
+        } else {
+            (
+                heads_outermost(&q, seq, s.n_head, d),
+                heads_outermost(&k, seq, s.n_kv_head, d),
+                heads_outermost(&v, seq, s.n_kv_head, d),
+            )
+        };
+        let shape = kernels::attention::AttentionShape {
+            n_head: s.n_head,
+            n_kv: s.n_kv_head,
+            head_dim: d,
+            seq,
+            offset: cache.len(),
+            window: s.window,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let mut y = vec![0f32; s.n_head * seq * d];
+        let pool = kernels::pool::pool();
+        match cache.append_rows(layer, &k, &v, s.n_kv_head, d)? {
+            KvRows::F16(kv) => kernels::attention::attention(&shape, &q, kv, &mut y, pool),
+            KvRows::F32(kv) => kernels::attention::attention(&shape, &q, kv, &mut y, pool),
+        }
+        wo.matmul(&y, seq, out);
+        Ok(())
     }
 
     /// Appends `k`, `v` (`(1, n_kv_head, seq, d)`) to the f16 rows of `layer`
@@ -537,6 +687,24 @@ impl SelfAttention {
             q.device(),
         )?)
     }
+}
+
+/// A projection's bias, as a tensor and as values.
+#[derive(Debug, Clone)]
+struct Bias {
+    tensor: Tensor,
+    values: Vec<f32>,
+}
+
+/// `[seq][heads][d]` → `[heads][seq][d]`.
+fn heads_outermost(x: &[f32], seq: usize, heads: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for t in 0..seq {
+        for h in 0..heads {
+            out[(h * seq + t) * d..][..d].copy_from_slice(&x[(t * heads + h) * d..][..d]);
+        }
+    }
+    out
 }
 
 /// Runs `f` on the f32 values of a contiguous CPU tensor.

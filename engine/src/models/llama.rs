@@ -5,12 +5,13 @@
 //! mixture of experts ([`crate::models::moe`]).
 //! Reference: llama.cpp `llm_build_llama`, candle-transformers `quantized_llama`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
+use crate::models::decoder::{Decoder, DecoderBlock};
 use crate::models::layers::{
     Activation, AttentionShape, Embeddings, FeedForward, Linear, Mlp, RmsNorm, RopeStyle,
     RotaryEmbedding, SelfAttention,
@@ -91,20 +92,9 @@ impl Config {
     }
 }
 
-#[derive(Debug)]
-struct DecoderLayer {
-    attn_norm: RmsNorm,
-    attn: SelfAttention,
-    ffn_norm: RmsNorm,
-    mlp: FeedForward,
-}
-
 /// A llama-family model: weights only; the KV cache is passed in.
 pub struct Model {
-    embed: Embeddings,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    output: Linear,
+    decoder: Decoder,
     rope: RotaryEmbedding,
     config: Config,
     info: ModelInfo,
@@ -126,9 +116,10 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let prefix = format!("blk.{i}");
-            layers.push(DecoderLayer {
+            layers.push(DecoderBlock {
                 attn_norm: RmsNorm::in_block(gguf, &prefix, "attn_norm", cfg.rms_norm_eps, device)?,
                 attn: SelfAttention::new(gguf, &prefix, cfg.attention_shape(), device)?,
+                post_attn_norm: None,
                 ffn_norm: RmsNorm::in_block(gguf, &prefix, "ffn_norm", cfg.rms_norm_eps, device)?,
                 mlp: if cfg.num_local_experts > 1 {
                     // Mixtral renormalises the top-k weights.
@@ -143,6 +134,7 @@ impl Model {
                 } else {
                     FeedForward::Dense(Mlp::new(gguf, &prefix, Activation::Silu, device)?)
                 },
+                post_ffn_norm: None,
             });
         }
         let total = gguf.parameter_count();
@@ -169,11 +161,9 @@ impl Model {
             total_parameters: total,
             active_parameters: active + cfg.hidden_size as u64,
         };
+        let norm = RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?;
         Ok(Self {
-            embed,
-            layers,
-            norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
-            output,
+            decoder: Decoder::new(embed, None, layers, norm, output, gguf.fused_on(device)),
             rope: RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta),
             config: cfg,
             info,
@@ -190,6 +180,10 @@ impl Model {
         &self.info
     }
 
+    pub(crate) fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
@@ -197,7 +191,8 @@ impl Model {
     /// Token rows each expert of each layer has computed since load (empty
     /// for a dense model).
     pub(crate) fn expert_rows(&self) -> Vec<Vec<u64>> {
-        self.layers
+        self.decoder
+            .blocks
             .iter()
             .filter_map(|l| l.mlp.expert_rows())
             .collect()
@@ -205,19 +200,7 @@ impl Model {
 
     /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
     pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let seq = tokens.len();
-        let mut xs = self.embed.forward(tokens, &self.device)?;
-        let rope = self.rope.tables(cache.len(), seq, &self.device)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer
-                .attn
-                .forward(&layer.attn_norm.forward(&xs)?, &rope, i, cache)?;
-            xs = (xs + h)?;
-            let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
-            xs = (xs + h)?;
-        }
-        let last = xs.narrow(1, seq - 1, 1)?;
-        let logits = self.output.forward(&self.norm.forward(&last)?)?;
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+        let rope = self.rope.tables(cache.len(), tokens.len(), &self.device)?;
+        self.decoder.forward(tokens, cache, |_| &rope, &self.device)
     }
 }

@@ -3,6 +3,7 @@
 //! the engine's [`KvCache`], and returns logits for the last position.
 
 mod attention;
+pub(crate) mod decoder;
 pub mod gemma3;
 pub(crate) mod layers;
 pub mod llama;
@@ -82,6 +83,16 @@ impl Model {
         };
         cache.commit(tokens);
         Ok(logits)
+    }
+
+    /// Whether the forward pass runs fused on plain rows on the CPU
+    /// ([`decoder`]) rather than as candle tensor operations.
+    pub fn runs_fused(&self) -> bool {
+        match self {
+            Self::Llama(m) => m.decoder().runs_fused(),
+            Self::Gemma3(m) => m.decoder().runs_fused(),
+            Self::Qwen3(m) => m.decoder().runs_fused(),
+        }
     }
 
     /// An empty cache sized for this model and `context_length` positions.

@@ -93,6 +93,21 @@ impl SparseMoe {
             .collect()
     }
 
+    /// Whether the router and every expert run the engine's kernels.
+    pub(crate) fn runs_on_rows(&self) -> bool {
+        matches!(self.router, Linear::Packed(_))
+            && self.experts.iter().all(|e| e.packed().is_some())
+    }
+
+    /// `rows` rows of `x` through the layer, added into `out`, on the
+    /// engine's kernels. Requires [`SparseMoe::runs_on_rows`].
+    pub(crate) fn forward_rows_packed(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        let Linear::Packed(router) = &self.router else {
+            panic!("a packed router");
+        };
+        self.forward_rows(router, x, rows, x.len() / rows, out);
+    }
+
     /// `(b, seq, hidden)` → `(b, seq, hidden)`.
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if xs.device().is_cpu() {

@@ -12,12 +12,13 @@
 //! `llm_build_qwen3moe`, candle-transformers `quantized_qwen2` /
 //! `quantized_qwen3`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
+use crate::models::decoder::{Decoder, DecoderBlock};
 use crate::models::layers::{
     Activation, AttentionShape, Embeddings, FeedForward, Linear, Mlp, RmsNorm, RopeStyle,
     RotaryEmbedding, SelfAttention,
@@ -90,20 +91,9 @@ impl Config {
     }
 }
 
-#[derive(Debug)]
-struct DecoderLayer {
-    attn_norm: RmsNorm,
-    attn: SelfAttention,
-    ffn_norm: RmsNorm,
-    mlp: FeedForward,
-}
-
 /// A Qwen 2 or Qwen 3 model, dense or MoE: weights only; the KV cache is passed in.
 pub struct Model {
-    embed: Embeddings,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    output: Linear,
+    decoder: Decoder,
     rope: RotaryEmbedding,
     config: Config,
     info: ModelInfo,
@@ -127,7 +117,7 @@ impl Model {
             let prefix = format!("blk.{i}");
             let norm =
                 |name: &str| RmsNorm::in_block(gguf, &prefix, name, cfg.rms_norm_eps, device);
-            layers.push(DecoderLayer {
+            layers.push(DecoderBlock {
                 attn_norm: norm("attn_norm")?,
                 attn: SelfAttention::new(
                     gguf,
@@ -142,6 +132,7 @@ impl Model {
                     },
                     device,
                 )?,
+                post_attn_norm: None,
                 ffn_norm: norm("ffn_norm")?,
                 mlp: if cfg.num_experts > 0 {
                     FeedForward::Moe(SparseMoe::new(
@@ -155,6 +146,7 @@ impl Model {
                 } else {
                     FeedForward::Dense(Mlp::new(gguf, &prefix, Activation::Silu, device)?)
                 },
+                post_ffn_norm: None,
             });
         }
         let total = gguf.parameter_count();
@@ -174,11 +166,9 @@ impl Model {
             total_parameters: total,
             active_parameters: active - idle + cfg.hidden_size as u64,
         };
+        let norm = RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?;
         Ok(Self {
-            embed,
-            layers,
-            norm: RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?,
-            output,
+            decoder: Decoder::new(embed, None, layers, norm, output, gguf.fused_on(device)),
             rope: RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta),
             config: cfg,
             info,
@@ -195,13 +185,18 @@ impl Model {
         &self.info
     }
 
+    pub(crate) fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
 
     /// Token rows each expert of each MoE layer has computed since load.
     pub(crate) fn expert_rows(&self) -> Vec<Vec<u64>> {
-        self.layers
+        self.decoder
+            .blocks
             .iter()
             .filter_map(|l| l.mlp.expert_rows())
             .collect()
@@ -209,19 +204,7 @@ impl Model {
 
     /// Logits `(vocab,)` for the last of `tokens`, run after `cache`'s positions.
     pub(crate) fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let seq = tokens.len();
-        let mut xs = self.embed.forward(tokens, &self.device)?;
-        let rope = self.rope.tables(cache.len(), seq, &self.device)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer
-                .attn
-                .forward(&layer.attn_norm.forward(&xs)?, &rope, i, cache)?;
-            xs = (xs + h)?;
-            let h = layer.mlp.forward(&layer.ffn_norm.forward(&xs)?)?;
-            xs = (xs + h)?;
-        }
-        let last = xs.narrow(1, seq - 1, 1)?;
-        let logits = self.output.forward(&self.norm.forward(&last)?)?;
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+        let rope = self.rope.tables(cache.len(), tokens.len(), &self.device)?;
+        self.decoder.forward(tokens, cache, |_| &rope, &self.device)
     }
 }
