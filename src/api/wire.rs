@@ -135,9 +135,10 @@ pub enum BlockKindText {
     Text,
 }
 
-/// `cache_control`: `{"type": "ephemeral", "ttl": "5m" | "1h"}`.
+/// `cache_control`: `{"type": "ephemeral", "ttl": "5m" | "1h"}`. Like the
+/// fields inside content blocks, extra fields here are let through: clients
+/// add to them first.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CacheControl {
     /// Always `ephemeral` (checked when parsing).
     #[serde(rename = "type")]
