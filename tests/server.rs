@@ -1258,6 +1258,10 @@ struct SpawnedServer {
 
 impl SpawnedServer {
     fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", crate::util::free_port());
         let stderr = dir.path().join("stderr.log");
@@ -1268,6 +1272,7 @@ impl SpawnedServer {
             .env_remove("SHOWDOWN_API_KEY")
             .env_remove("SHOWDOWN_ALLOWED_HOSTS")
             .env("RUST_LOG", "info")
+            .envs(vars.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -1344,6 +1349,38 @@ async fn prompts_are_logged_only_with_log_prompts() {
         if logged {
             let line = log.lines().find(|l| l.contains(marker)).unwrap();
             assert!(line.contains("INFO") && line.contains("prompt"), "{line}");
+        }
+    }
+}
+
+/// `--allowed-host` (repeatable) and `SHOWDOWN_ALLOWED_HOSTS` (comma-separated)
+/// add names the real binary answers to; other names stay refused.
+#[tokio::test]
+async fn allowed_hosts_come_from_the_flag_or_the_environment() {
+    let by_flag = SpawnedServer::start(&[
+        "--allowed-host",
+        "box.lan",
+        "--allowed-host",
+        "proxy.lan:8443",
+    ]);
+    let by_env =
+        SpawnedServer::start_with_env(&[], &[("SHOWDOWN_ALLOWED_HOSTS", "box.lan,proxy.lan:8443")]);
+    for server in [&by_flag, &by_env] {
+        for (host, want) in [
+            ("box.lan", 200),
+            ("BOX.lan:8080", 200),
+            ("proxy.lan:8443", 200),
+            ("proxy.lan:80", 403),
+            ("evil.example", 403),
+            ("localhost:1", 200),
+        ] {
+            let response = reqwest::Client::new()
+                .get(format!("{}/v1/models", server.base))
+                .header("host", host)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), want, "{host}");
         }
     }
 }
