@@ -84,6 +84,16 @@ pub struct DashboardArgs {
     /// address is loopback.
     #[arg(long, env = "SHOWDOWN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Also answer requests whose `Host` is NAME or NAME:PORT (repeatable;
+    /// loopback names and IP addresses are always served, any other host
+    /// name is refused against DNS rebinding).
+    #[arg(
+        long = "allowed-host",
+        value_name = "NAME",
+        env = "SHOWDOWN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `showdown compare …`
@@ -378,9 +388,20 @@ pub struct ServeArgs {
     /// Largest request body, in MiB.
     #[arg(long, default_value_t = 32)]
     pub max_body_mib: usize,
-    /// Log prompt text (off by default; keys are never logged).
+    /// Log each request's rendered prompt at info level (off by default:
+    /// prompts never reach the logs otherwise; keys never do).
     #[arg(long)]
     pub log_prompts: bool,
+    /// Also answer requests whose `Host` is NAME or NAME:PORT (repeatable;
+    /// loopback names and IP addresses are always served, any other host
+    /// name is refused against DNS rebinding).
+    #[arg(
+        long = "allowed-host",
+        value_name = "NAME",
+        env = "SHOWDOWN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
     /// The results database the dashboard (at /dashboard) shows; without
     /// that file the dashboard is not served.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]

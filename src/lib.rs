@@ -36,6 +36,7 @@ mod cache_bench;
 mod dashboard;
 mod eval;
 mod github;
+mod host_check;
 mod inference;
 mod models;
 mod report;
@@ -67,6 +68,7 @@ pub use github::{
     render_pr_comment, CommentOutcome, DashboardLinks, GithubError, PrCommenter, PullRequest,
     COMMENT_MARKER,
 };
+pub use host_check::AllowedHosts;
 pub use inference::{load_engine, mib, GenerationReport};
 pub use models::{
     resolve_model, Catalogue, ChatTemplate, ModelError, ModelRef, ModelSpec, ModelStatus,

@@ -190,6 +190,7 @@ async fn serve(api_key: Option<&str>, listen: &str) -> String {
         compare: CompareConfig::default(),
         api_key: api_key.map(str::to_string),
         addr: listen.parse().unwrap(),
+        allowed_hosts: Vec::new(),
     })
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -564,9 +565,128 @@ async fn the_key_is_asked_for_off_loopback_only() {
         .unwrap();
     assert_eq!(status(&r), 200);
 
+    assert!(
+        cookie.contains("Max-Age=43200"),
+        "a 12-hour cookie: {cookie}"
+    );
+
+    // A forged, tampered, expired, old-style (the key's bare sha256) or
+    // another server's cookie opens nothing.
+    let value = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let (expires, tag) = value.split_once('.').expect("EXPIRES.MAC");
+    let expires: u64 = expires.parse().unwrap();
+    let other = serve(Some("sesame"), "0.0.0.0:8090").await;
+    let r = client
+        .get(format!("{other}/dashboard?key=sesame"))
+        .send()
+        .await
+        .unwrap();
+    let foreign = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    for bad in [
+        format!("showdown_key={}", crate::util::sha256_hex(b"sesame")),
+        format!("showdown_key={}.{tag}", expires + 60),
+        format!("showdown_key={}.{tag}", expires - 43200 - 60),
+        format!("showdown_key={expires}.{}", "0".repeat(64)),
+        format!("showdown_key={expires}"),
+        foreign,
+    ] {
+        for path in ["/dashboard", "/api/overview"] {
+            let r = client
+                .get(format!("{base}{path}"))
+                .header("cookie", &bad)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(status(&r), 401, "{path} with {bad}");
+        }
+    }
+
+    // The cookie opens the dashboard only: the API asks for the key itself.
+    let api = showdown::server_app(std::sync::Arc::new(
+        showdown::AppState::new(
+            showdown::ServeConfig {
+                api_key: Some("sesame".into()),
+                ..showdown::ServeConfig::default()
+            },
+            Vec::new(),
+        )
+        .unwrap(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api).await });
+    let r = client
+        .get(format!("{api_base}/v1/models"))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(&r), 401, "a dashboard cookie does not open /v1");
+    let r = client
+        .get(format!("{api_base}/v1/models"))
+        .header("x-api-key", "sesame")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(&r), 200);
+
     // On loopback the same key is not asked for.
     let open = serve(Some("sesame"), "127.0.0.1:8090").await;
     assert_eq!(get(&format!("{open}/dashboard")).await.0, 200);
+}
+
+/// DNS rebinding would let a web page read the dashboard: a foreign `Host`
+/// or `Origin` is refused on every page and JSON route, with a JSON envelope
+/// and no HTML.
+#[tokio::test]
+async fn foreign_hosts_cannot_read_the_dashboard() {
+    let base = serve(None, "127.0.0.1:8090").await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/dashboard",
+        "/dashboard/runs/1",
+        "/api/overview",
+        "/api/runs/1",
+    ] {
+        for (name, value) in [
+            ("host", "rebind.evil.example:8090"),
+            ("origin", "http://evil.example"),
+        ] {
+            let r = client
+                .get(format!("{base}{path}"))
+                .header(name, value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 403, "{path} {name}: {value}");
+            assert!(r.headers().get("access-control-allow-origin").is_none());
+            let body = r.text().await.unwrap();
+            assert!(!body.contains('<'), "no HTML: {body}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["type"], "error");
+            assert_eq!(body["error"]["type"], "permission_error");
+        }
+        let r = client
+            .get(format!("{base}{path}"))
+            .header("host", "localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@ mod dashboard;
 mod engine;
 mod gemma3;
 mod github;
+mod hostile;
 mod models;
 mod moe;
 mod moe_gen;

@@ -421,6 +421,7 @@ async fn bad_requests_get_anthropic_errors() {
     let raw = |body: &'static str| async move {
         let response = reqwest::Client::new()
             .post(format!("{}/v1/messages", server.base))
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
@@ -515,6 +516,10 @@ async fn bad_requests_get_anthropic_errors() {
     assert_eq!(s, 200);
 }
 
+/// A body over the limit gets a 413 the client reads in full, not a broken
+/// pipe: the server reads the rest of the body before it answers. Sixteen
+/// times the limit overflows the loopback socket buffers, which is where a
+/// server that answers and closes at once resets the connection.
 #[tokio::test]
 async fn oversized_body_is_413() {
     let server = TestServer::start(ServeConfig {
@@ -524,6 +529,307 @@ async fn oversized_body_is_413() {
     let big = "x".repeat(2 << 20);
     let (s, b) = server.message(&ask(&big, 5)).await;
     assert_error(s, &b, 413, "request_too_large");
+    let huge = ask(&"x".repeat(16 << 20), 5).to_string();
+    for _ in 0..3 {
+        let (s, b) = server.message(&serde_json::from_str(&huge).unwrap()).await;
+        assert_error(s, &b, 413, "request_too_large");
+    }
+    // Without a content-length (chunked): found out while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..32).map(|_| Ok(vec![b' '; 512 << 10])).collect();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", server.base))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("the 413 is read, not a broken pipe");
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        413,
+        "request_too_large",
+    );
+    // And the server still answers.
+    let (s, _) = server.message(&ask("Hi", 1)).await;
+    assert_eq!(s, 200);
+}
+
+/// What Anthropic refuses, refused here too, each in the envelope with the
+/// right status.
+#[tokio::test]
+async fn hostile_requests_get_anthropic_errors() {
+    let server = TestServer::shared();
+    let url = format!("{}/v1/messages", server.base);
+    let message = |body: &Value| {
+        let mut body = body.clone();
+        if body.get("messages").is_none() {
+            body["messages"] = json!([{"role": "user", "content": "Hi"}]);
+        }
+        body["model"] = body.get("model").cloned().unwrap_or(json!("smollm2-135m"));
+        body["max_tokens"] = body.get("max_tokens").cloned().unwrap_or(json!(2));
+        async move { server.message(&body).await }
+    };
+    let refused = |status: u16, body: Value, want: u16, kind: &str, says: &str| {
+        assert_error(status, &body, want, kind);
+        let text = body["error"]["message"].as_str().unwrap();
+        assert!(text.contains(says), "{says:?} not in {text:?}");
+    };
+
+    let (s, b) = message(
+        &json!({"messages": [{"role": "user", "content": [{"type": "hologram", "text": "x"}]}]}),
+    )
+    .await;
+    refused(s, b, 400, "invalid_request_error", "hologram");
+    let (s, b) =
+        message(&json!({"messages": [{"role": "user", "content": [{"text": "no type"}]}]})).await;
+    refused(s, b, 400, "invalid_request_error", "messages[0].content[0]");
+    for schema in [
+        json!("object"),
+        json!([1, 2]),
+        json!(7),
+        json!({"properties": {}}),
+    ] {
+        let tool = json!({"name": "Read", "input_schema": schema});
+        let (s, b) = message(&json!({"tools": [tool]})).await;
+        refused(s, b, 400, "invalid_request_error", "tools[0].input_schema");
+    }
+    let (s, b) = message(&json!({"tools": [{"name": "Read"}]})).await;
+    refused(s, b, 400, "invalid_request_error", "input_schema");
+    let (s, b) = message(&json!({"tools": [{"type": "teleport_2099", "name": "t"}]})).await;
+    refused(s, b, 400, "invalid_request_error", "teleport_2099");
+    let (s, b) =
+        message(&json!({"tools": [{"name": "has space", "input_schema": {"type": "object"}}]}))
+            .await;
+    refused(s, b, 400, "invalid_request_error", "tools[0].name");
+    let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}});
+    let (s, b) = message(&json!({"messages": [{"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}]})).await;
+    refused(s, b, 400, "invalid_request_error", "reads text only");
+    let tools = json!([{"name": "Read", "input_schema": {"type": "object"}}]);
+    let (s, b) = message(&json!({"tools": tools, "messages": [
+        {"role": "user", "content": "Read it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [image]}]},
+    ]})).await;
+    refused(
+        s,
+        b,
+        400,
+        "invalid_request_error",
+        "messages[2].content[0].content[0]",
+    );
+    let (s, b) = message(&json!({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "Read", "input": "not an object"}]}]})).await;
+    refused(s, b, 400, "invalid_request_error", "messages[0].content[0]");
+    let (s, b) = message(&json!({"some_future_field": {"x": 1}})).await;
+    assert_eq!(
+        b["error"]["message"],
+        "some_future_field: Extra inputs are not permitted"
+    );
+    assert_error(s, &b, 400, "invalid_request_error");
+    let (s, b) =
+        message(&json!({"messages": [{"role": "user", "content": "x", "name": "bob"}]})).await;
+    assert_eq!(
+        b["error"]["message"],
+        "messages[0].name: Extra inputs are not permitted"
+    );
+    assert_error(s, &b, 400, "invalid_request_error");
+    let (s, b) = message(&json!({"messages": [{"role": "robot", "content": "x"}]})).await;
+    refused(s, b, 400, "invalid_request_error", "messages[0].role");
+    let (s, b) = message(&json!({"messages": []})).await;
+    refused(s, b, 400, "invalid_request_error", "at least one message");
+    for (field, value) in [
+        ("temperature", json!("hot")),
+        ("top_k", json!(-1)),
+        ("stream", json!("yes")),
+        ("stop_sequences", json!("END")),
+        ("system", json!(5)),
+        ("metadata", json!({"user_id": 5})),
+        ("max_tokens", json!(2.5)),
+        ("tool_choice", json!({"type": "sometimes"})),
+        ("cache_control", json!({"type": "forever"})),
+    ] {
+        let (s, b) = message(&json!({ field: value })).await;
+        refused(s, b, 400, "invalid_request_error", field);
+    }
+    let (s, b) = message(&json!({"model": "gpt-5"})).await;
+    refused(s, b, 404, "not_found_error", "gpt-5");
+    let (s, b) = message(&json!({"model": 7})).await;
+    refused(s, b, 400, "invalid_request_error", "model");
+
+    // A body that is not said to be JSON is not read as JSON: a web page can
+    // send text/plain cross-site without asking first.
+    let body = ask("Hi", 1).to_string();
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = reqwest::Client::new().post(&url).body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        refused(
+            status,
+            response.json().await.unwrap(),
+            400,
+            "invalid_request_error",
+            "content-type",
+        );
+    }
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    // The wrong method: 405, in the envelope.
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let response = reqwest::get(format!("{}{path}", server.base))
+            .await
+            .unwrap();
+        assert!(response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+        let status = response.status().as_u16();
+        refused(
+            status,
+            response.json().await.unwrap(),
+            405,
+            "invalid_request_error",
+            "GET",
+        );
+    }
+    let response = reqwest::Client::new()
+        .delete(format!("{}/v1/models", server.base))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    refused(
+        status,
+        response.json().await.unwrap(),
+        405,
+        "invalid_request_error",
+        "DELETE",
+    );
+
+    // count_tokens checks the same way.
+    let response = server
+        .post("/v1/messages/count_tokens", &json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": [{"type": "hologram"}]}]}))
+        .await;
+    let status = response.status().as_u16();
+    refused(
+        status,
+        response.json().await.unwrap(),
+        400,
+        "invalid_request_error",
+        "hologram",
+    );
+
+    let (s, _) = server.message(&ask("Still there?", 2)).await;
+    assert_eq!(s, 200);
+}
+
+/// DNS rebinding and cross-site requests: a `Host` or `Origin` that is not
+/// loopback, an IP address or an allowed name is refused, and nothing
+/// answers with CORS headers that would let a page read a response.
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused() {
+    let server = TestServer::start(ServeConfig {
+        allowed_hosts: vec!["models.lan".into()],
+        ..ServeConfig::default()
+    });
+    let client = reqwest::Client::new();
+    let body = ask("Hi", 1).to_string();
+    let post = |host: Option<&str>, origin: Option<&str>| {
+        let mut request = client
+            .post(format!("{}/v1/messages", server.base))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "models.lan.evil.example",
+    ] {
+        let response = post(Some(host), None).await.unwrap();
+        assert!(response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_error(status, &body, 403, "permission_error");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allowed-host"));
+    }
+    for host in [
+        "localhost:9",
+        "127.0.0.1",
+        "[::1]:8080",
+        "models.lan",
+        "MODELS.LAN:8080",
+    ] {
+        let response = post(Some(host), None).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{host}");
+    }
+    let response = post(None, Some("https://evil.example")).await.unwrap();
+    let status = response.status().as_u16();
+    assert_error(
+        status,
+        &response.json().await.unwrap(),
+        403,
+        "permission_error",
+    );
+    let response = post(None, Some("null")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+
+    // A same-machine page may call, but gets no CORS grant to read across
+    // origins: no header says any origin may.
+    let response = client
+        .get(format!("{}/v1/models", server.base))
+        .header("origin", "http://localhost:5173")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    for (name, _) in response.headers() {
+        assert!(!name.as_str().starts_with("access-control-"), "{name}");
+    }
+    let preflight = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/messages", server.base),
+        )
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-api-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(!preflight.status().is_success(), "{}", preflight.status());
+    for (name, _) in preflight.headers() {
+        assert!(!name.as_str().starts_with("access-control-"), "{name}");
+    }
 }
 
 #[tokio::test]
@@ -540,7 +846,7 @@ async fn client_extras_are_accepted() {
             "thinking": {"type": "disabled"},
             "context_management": {"edits": []},
             "output_config": {"effort": "low"},
-            "some_future_field": {"x": 1},
+            "service_tier": "auto",
             "tools": [{"name": "LS", "description": "List", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}, "strict": true, "defer_loading": false}],
             "tool_choice": {"type": "none"},
             "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
@@ -568,7 +874,13 @@ async fn api_key_is_checked() {
     let client = reqwest::Client::new();
     let url = format!("{}/v1/messages", server.base);
     let body = ask("Hi", 1).to_string();
-    let none = client.post(&url).body(body.clone()).send().await.unwrap();
+    let none = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     let status = none.status().as_u16();
     assert_error(
         status,
@@ -579,6 +891,7 @@ async fn api_key_is_checked() {
     let wrong = client
         .post(&url)
         .header("x-api-key", "nope")
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -593,6 +906,7 @@ async fn api_key_is_checked() {
     let right = client
         .post(&url)
         .header("x-api-key", "sk-test-123")
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -601,6 +915,7 @@ async fn api_key_is_checked() {
     let bearer = client
         .post(&url)
         .header("authorization", "Bearer sk-test-123")
+        .header("content-type", "application/json")
         .body(body)
         .send()
         .await
@@ -693,7 +1008,20 @@ async fn disconnect_cancels_generation() {
         }
     }
     drop(stream);
-    let stats = wait_for_one_cancelled(&server, 600).await;
+    // The worker is free at once: the next request does not wait for the
+    // abandoned 4000 tokens (minutes of decoding).
+    let started = std::time::Instant::now();
+    let (status, body) = server.message(&ask("Hi", 2)).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "the next request waited {waited:?}"
+    );
+    eprintln!("after a hang-up the next request took {waited:?}");
+    // One worker runs one generation at a time: that the next one is done
+    // means the abandoned one ended, and it ended cancelled, not finished.
+    let stats = wait_for_one_cancelled(&server, 1).await;
     assert!(
         stats["generated_tokens"].as_u64().unwrap() < 4000,
         "{stats}"
@@ -914,4 +1242,247 @@ async fn tool_choice_none_never_calls_and_results_round_trip() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(["end_turn", "max_tokens", "tool_use"].contains(&body["stop_reason"].as_str().unwrap()));
+}
+
+// ---- the real binary --------------------------------------------------------------
+
+/// `showdown serve ARGS` on a free loopback port, its stderr in a file; ready
+/// once the port answers (the model loads before the server binds).
+struct SpawnedServer {
+    base: String,
+    pid: u32,
+    stderr: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _child: crate::util::ChildGuard,
+}
+
+impl SpawnedServer {
+    fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", crate::util::free_port());
+        let stderr = dir.path().join("stderr.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_showdown"))
+            .args(["serve", "--model", "smollm2-135m", "--addr", &addr, "--db"])
+            .arg(dir.path().join("no.db"))
+            .args(args)
+            .env_remove("SHOWDOWN_API_KEY")
+            .env_remove("SHOWDOWN_ALLOWED_HOSTS")
+            .env("RUST_LOG", "info")
+            .envs(vars.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let guard = crate::util::ChildGuard(child);
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "showdown serve did not start: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            base: format!("http://{addr}"),
+            pid,
+            stderr,
+            _dir: dir,
+            _child: guard,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap()
+    }
+
+    /// Resident memory in MiB (Linux; `None` elsewhere).
+    fn rss_mib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024)
+    }
+
+    async fn message(&self, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/messages", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+/// `--log-prompts` logs each rendered prompt at info; without it no prompt
+/// text reaches the log, though the request itself is logged.
+#[tokio::test]
+async fn prompts_are_logged_only_with_log_prompts() {
+    let marker = "zebra-quartz-4711";
+    let request = ask(&format!("Repeat {marker}."), 1);
+    for (flag, logged) in [(None, false), (Some("--log-prompts"), true)] {
+        let server = SpawnedServer::start(flag.as_slice());
+        let (status, body) = server.message(&request).await;
+        assert_eq!(status, 200, "{body}");
+        // The log line is written before the answer goes out; give the
+        // writer a moment all the same.
+        let mut log = server.stderr();
+        for _ in 0..20 {
+            if log.contains("output_tokens") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log = server.stderr();
+        }
+        assert!(
+            log.contains("output_tokens"),
+            "the request is logged: {log}"
+        );
+        assert_eq!(log.contains(marker), logged, "{flag:?}: {log}");
+        if logged {
+            let line = log.lines().find(|l| l.contains(marker)).unwrap();
+            assert!(line.contains("INFO") && line.contains("prompt"), "{line}");
+        }
+    }
+}
+
+/// `--allowed-host` (repeatable) and `SHOWDOWN_ALLOWED_HOSTS` (comma-separated)
+/// add names the real binary answers to; other names stay refused.
+#[tokio::test]
+async fn allowed_hosts_come_from_the_flag_or_the_environment() {
+    let by_flag = SpawnedServer::start(&[
+        "--allowed-host",
+        "box.lan",
+        "--allowed-host",
+        "proxy.lan:8443",
+    ]);
+    let by_env =
+        SpawnedServer::start_with_env(&[], &[("SHOWDOWN_ALLOWED_HOSTS", "box.lan,proxy.lan:8443")]);
+    for server in [&by_flag, &by_env] {
+        for (host, want) in [
+            ("box.lan", 200),
+            ("BOX.lan:8080", 200),
+            ("proxy.lan:8443", 200),
+            ("proxy.lan:80", 403),
+            ("evil.example", 403),
+            ("localhost:1", 200),
+        ] {
+            let response = reqwest::Client::new()
+                .get(format!("{}/v1/models", server.base))
+                .header("host", host)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), want, "{host}");
+        }
+    }
+}
+
+/// What one streamed request came to under load.
+enum Outcome {
+    /// 200 and the whole stream: its text and stop reason.
+    Served(String, String),
+    /// 529 `overloaded_error` with `retry-after`.
+    Shed,
+}
+
+async fn stream_or_shed(base: &str, body: &Value) -> Outcome {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/messages"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status == 529 {
+        let retry_after = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(retry_after.parse::<u64>().is_ok(), "{retry_after}");
+        assert_error(
+            529,
+            &response.json().await.unwrap(),
+            529,
+            "overloaded_error",
+        );
+        return Outcome::Shed;
+    }
+    assert_eq!(status, 200);
+    let mut stream = response.bytes_stream().eventsource();
+    let (mut text, mut stop_reason, mut stopped) = (String::new(), String::new(), false);
+    while let Some(event) = stream.next().await {
+        let event = event.expect("well-formed SSE");
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        match event.event.as_str() {
+            "content_block_delta" => text.push_str(data["delta"]["text"].as_str().unwrap()),
+            "message_delta" => stop_reason = data["delta"]["stop_reason"].as_str().unwrap().into(),
+            "message_stop" => stopped = true,
+            "error" => panic!("the stream failed: {data}"),
+            _ => {}
+        }
+    }
+    assert!(stopped, "the stream was cut short: {text:?}");
+    Outcome::Served(text, stop_reason)
+}
+
+/// 32 streamed requests at once into a queue of 4: each is answered in full
+/// or shed with 529 and `retry-after`; none hangs; the server answers
+/// normally afterwards, within 64 MiB of the memory it held before.
+#[tokio::test]
+async fn a_burst_of_32_streams_is_served_or_shed_and_nothing_is_lost() {
+    let server = SpawnedServer::start(&["--queue", "4"]);
+    let mut request = ask("Count from one to ten.", 8);
+    let (status, plain) = server.message(&request).await;
+    assert_eq!(status, 200, "{plain}");
+    let expected = plain["content"][0]["text"].as_str().unwrap().to_string();
+    let rss_before = server.rss_mib();
+    request["stream"] = json!(true);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let base = server.base.clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(120), stream_or_shed(&base, &request))
+                    .await
+                    .expect("a request hung")
+            })
+        })
+        .collect();
+    let (mut served, mut shed) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Outcome::Served(text, stop_reason) => {
+                // Greedy and the same prompt: every answer is the whole answer.
+                assert_eq!(text, expected);
+                assert_eq!(stop_reason, plain["stop_reason"].as_str().unwrap());
+                served += 1;
+            }
+            Outcome::Shed => shed += 1,
+        }
+    }
+    eprintln!("32 concurrent streams: {served} served in full, {shed} shed with 529");
+    assert_eq!(served + shed, 32);
+    // One generating and four queued are always taken.
+    assert!(served >= 5, "{served} served");
+    assert!(shed >= 1, "a queue of 4 sheds some of 32");
+
+    request["stream"] = json!(false);
+    let (status, after) = server.message(&request).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["content"][0]["text"], plain["content"][0]["text"]);
+    if let (Some(before), Some(now)) = (rss_before, server.rss_mib()) {
+        eprintln!("RSS {before} MiB before the burst, {now} MiB after");
+        assert!(
+            now <= before + 64,
+            "RSS {before} MiB before, {now} MiB after"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! Handlers return [`ApiError`]; its response carries the error in its
 //! extensions so the request-id middleware can add the id to the body.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -29,6 +29,10 @@ impl ApiError {
     pub fn authentication(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message)
     }
+    /// 403 `permission_error`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+    }
     /// 404 `not_found_error`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found_error", message)
@@ -45,6 +49,22 @@ impl ApiError {
     /// 500 `api_error`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message)
+    }
+
+    /// The envelope for a bare `status` some layer answered with (a 405 from
+    /// the router, say): the same Anthropic type as its handler would use.
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            500.. => "api_error",
+            _ => "invalid_request_error",
+        };
+        Self::new(status, kind, message)
     }
 
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
@@ -74,6 +94,12 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body(None))).into_response();
+        if self.kind == "overloaded_error" {
+            // The queue drains a generation at a time: a second is a fair wait.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response.extensions_mut().insert(self);
         response
     }

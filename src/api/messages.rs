@@ -19,7 +19,10 @@ use super::extract::ApiJson;
 use super::output::{BlockAssembler, BlockEvent, OutputParser, PlainText};
 use super::prompt::{build_prompt, Breakpoint, Prompt};
 use super::tool_use::{constraint_for, FormatAdapter, ParserAdapter};
-use super::wire::{ContentBlock, MessageResponse, MessagesRequest, Role, ToolChoiceParam, Usage};
+use super::wire::{
+    ContentBlock, ContentBlockParam, MessageContent, MessageResponse, MessagesRequest, Role,
+    ToolChoiceParam, ToolResultBlock, ToolResultContent, Usage,
+};
 use super::worker::{Job, WorkerEvent};
 use super::{ids, AppState, ServedModel};
 
@@ -37,9 +40,10 @@ async fn count_tokens(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<MessagesRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    validate(&request)?;
     let model = state.resolve(&request.model)?;
-    validate_tools(&request)?;
-    let prompt = render(&model, request).await?;
+    refuse_images(&request, &model.name)?;
+    let prompt = render(&model, request, state.config.log_prompts).await?;
     Ok(Json(json!({"input_tokens": prompt.tokens.len()})))
 }
 
@@ -48,14 +52,15 @@ async fn create_message(
     ApiJson(request): ApiJson<MessagesRequest>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let model = state.resolve(&request.model)?;
     let max_tokens = match request.max_tokens {
         None => return Err(ApiError::invalid("max_tokens: Field required")),
         Some(0) => return Err(ApiError::invalid("max_tokens: must be at least 1")),
-        Some(n) => n as usize,
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     };
     let sampling = sampling(&request)?;
-    validate_tools(&request)?;
+    validate(&request)?;
+    let model = state.resolve(&request.model)?;
+    refuse_images(&request, &model.name)?;
     let requested_model = request.model.clone();
     let stream = request.stream;
     let stop_sequences = request.stop_sequences.clone();
@@ -73,7 +78,7 @@ async fn create_message(
         }
         _ => (None, Box::new(PlainText)),
     };
-    let prompt = render(&model, request).await?;
+    let prompt = render(&model, request, state.config.log_prompts).await?;
 
     let context = model.engine.context_length();
     if prompt.tokens.len() >= context {
@@ -368,12 +373,95 @@ fn sampling(request: &MessagesRequest) -> Result<SamplingParams, ApiError> {
     })
 }
 
+/// Checks what the schema cannot say, before any model is looked up.
+fn validate(request: &MessagesRequest) -> Result<(), ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+        ));
+    }
+    if let Some(i) = request.stop_sequences.iter().position(String::is_empty) {
+        return Err(ApiError::invalid(format!(
+            "stop_sequences[{i}]: must not be empty"
+        )));
+    }
+    validate_tools(request)
+}
+
+/// Anthropic's rule for client tool names.
+fn is_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A versioned server tool (`web_search_20250305`, `bash_20250124`, ...) or
+/// an MCP toolset.
+fn is_server_tool_type(kind: &str) -> bool {
+    if kind == "mcp_toolset" {
+        return true;
+    }
+    kind.rsplit_once('_').is_some_and(|(name, date)| {
+        !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            && date.len() == 8
+            && date.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn validate_tools(request: &MessagesRequest) -> Result<(), ApiError> {
     for (i, tool) in request.tools.iter().enumerate() {
-        if tool.name.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "tools.{i}.name: must not be empty"
-            )));
+        if tool.is_custom() {
+            if !is_tool_name(&tool.name) {
+                return Err(ApiError::invalid(format!(
+                    "tools[{i}].name: must be 1 to 128 letters, digits, `_` or `-`, got `{}`",
+                    tool.name
+                )));
+            }
+            match &tool.input_schema {
+                None => {
+                    return Err(ApiError::invalid(format!(
+                        "tools[{i}].input_schema: Field required"
+                    )))
+                }
+                Some(Value::Object(schema)) => {
+                    if schema.get("type").and_then(Value::as_str) != Some("object") {
+                        return Err(ApiError::invalid(format!(
+                            "tools[{i}].input_schema.type: must be \"object\""
+                        )));
+                    }
+                }
+                Some(other) => {
+                    return Err(ApiError::invalid(format!(
+                        "tools[{i}].input_schema: must be a JSON Schema object, got {}",
+                        json_kind(other)
+                    )))
+                }
+            }
+        } else {
+            let kind = tool.kind.as_deref().unwrap_or_default();
+            if !is_server_tool_type(kind) {
+                return Err(ApiError::invalid(format!(
+                    "tools[{i}].type: unknown tool type `{kind}`"
+                )));
+            }
+            if tool.name.is_empty() {
+                return Err(ApiError::invalid(format!(
+                    "tools[{i}].name: must not be empty"
+                )));
+            }
         }
         if request.tools[..i].iter().any(|t| t.name == tool.name) {
             return Err(ApiError::invalid(format!(
@@ -400,19 +488,64 @@ fn validate_tools(request: &MessagesRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Renders and tokenizes off the async runtime.
-async fn render(model: &Arc<ServedModel>, request: MessagesRequest) -> Result<Prompt, ApiError> {
+/// Images are refused rather than dropped: a model that never saw the
+/// picture would answer as if it had.
+fn refuse_images(request: &MessagesRequest, model: &str) -> Result<(), ApiError> {
+    for (i, message) in request.messages.iter().enumerate() {
+        let MessageContent::Blocks(blocks) = &message.content else {
+            continue;
+        };
+        for (j, block) in blocks.iter().enumerate() {
+            let image_at = match block {
+                ContentBlockParam::Image {} => Some(format!("messages[{i}].content[{j}]")),
+                ContentBlockParam::ToolResult {
+                    content: Some(ToolResultContent::Blocks(inner)),
+                    ..
+                } => inner
+                    .iter()
+                    .position(|b| matches!(b, ToolResultBlock::Image {}))
+                    .map(|k| format!("messages[{i}].content[{j}].content[{k}]")),
+                _ => None,
+            };
+            if let Some(at) = image_at {
+                return Err(ApiError::invalid(format!(
+                    "{at}: model `{model}` reads text only; image blocks are not supported"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renders and tokenizes off the async runtime; with `--log-prompts`, logs
+/// the rendered prompt (never logged otherwise).
+async fn render(
+    model: &Arc<ServedModel>,
+    request: MessagesRequest,
+    log_prompts: bool,
+) -> Result<Prompt, ApiError> {
     let model = model.clone();
-    tokio::task::spawn_blocking(move || {
+    let prompt = tokio::task::spawn_blocking(move || {
         let format = model.tool_format.map(FormatAdapter);
-        build_prompt(
+        let prompt = build_prompt(
             &model.engine,
             &request,
             format
                 .as_ref()
                 .map(|f| f as &dyn super::prompt::ToolPromptFormat),
-        )
+        );
+        if let (true, Ok(prompt)) = (log_prompts, &prompt) {
+            tracing::info!(
+                model = %model.name,
+                tokens = prompt.tokens.len(),
+                // Quoted: one log line per prompt, however many lines it has.
+                prompt = ?prompt.text,
+                "prompt"
+            );
+        }
+        prompt
     })
     .await
-    .map_err(|e| ApiError::internal(format!("rendering the prompt: {e}")))?
+    .map_err(|e| ApiError::internal(format!("rendering the prompt: {e}")))?;
+    prompt
 }

@@ -3,8 +3,10 @@
 //! `ANTHROPIC_BASE_URL` at it.
 //!
 //! The router is composed per area (`messages`, `models`) under middleware that
-//! gives every response a `request-id`, checks the API key, bounds the body
-//! size and renders errors in Anthropic's envelope. Each served model has one
+//! gives every response a `request-id`, refuses foreign `Host`s and origins
+//! ([`crate::host_check`]), checks the API key, bounds the body size and
+//! renders every error, the router's own 405s included, in Anthropic's
+//! envelope. Each served model has one
 //! engine worker thread ([`worker`]) with its own prompt cache.
 
 mod error;
@@ -24,7 +26,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,7 +38,9 @@ pub use output::{OutputEvent, OutputParser};
 pub use prompt::{render_request_prompt, ToolPromptFormat};
 pub use prompt_cache::PromptCacheConfig;
 
+use crate::host_check::{check_host, AllowedHosts};
 use crate::models::ResolvedModel;
+use extract::BodyLimit;
 use worker::WorkerHandle;
 
 /// How the server runs.
@@ -57,6 +61,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Log prompt text (never logged otherwise).
     pub log_prompts: bool,
+    /// Host names served beyond loopback names and IP addresses.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +79,7 @@ impl Default for ServeConfig {
             queue_depth: 16,
             max_body_bytes: 32 << 20,
             log_prompts: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -110,6 +117,7 @@ impl ServedModel {
 /// State shared by the handlers.
 pub struct AppState {
     config: ServeConfig,
+    allowed_hosts: Arc<AllowedHosts>,
     models: Vec<Arc<ServedModel>>,
     started_at: String,
 }
@@ -143,6 +151,7 @@ impl AppState {
         }
         let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         Ok(Self {
+            allowed_hosts: Arc::new(AllowedHosts::new(&config.allowed_hosts)),
             config,
             models,
             started_at,
@@ -175,7 +184,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/showdown/stats", get(stats))
         .fallback(unknown_route)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::Extension(BodyLimit(max_body)))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            state.allowed_hosts.clone(),
+            check_host,
+        ))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -263,14 +277,41 @@ async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
 }
 
-/// Gives every response a `request-id` header and puts the id into error bodies.
+/// Gives every response a `request-id` header and puts the id into error
+/// bodies; an error some layer answered bare (the router's 405) gets the
+/// envelope too.
 async fn request_id(request: Request, next: Next) -> Response {
     let id = ids::request_id();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
     let response = next.run(request).await;
-    let mut response = match response.extensions().get::<ApiError>().cloned() {
+    let error = response
+        .extensions()
+        .get::<ApiError>()
+        .cloned()
+        .or_else(|| {
+            let status = response.status();
+            (status.is_client_error() || status.is_server_error()).then(|| {
+                let message = match status {
+                    StatusCode::METHOD_NOT_ALLOWED => {
+                        format!("method {method} is not allowed on {path}")
+                    }
+                    other => format!(
+                        "{method} {path}: {}",
+                        other.canonical_reason().unwrap_or("error")
+                    ),
+                };
+                ApiError::from_status(status, message)
+            })
+        });
+    let mut response = match error {
         Some(err) => {
             let (mut parts, _) = response.into_parts();
             parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            parts.headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             let body = axum::body::Body::from(err.body(Some(&id)).to_string());
             Response::from_parts(parts, body)
         }

@@ -16,7 +16,7 @@ use showdown_engine::Engine;
 use super::error::ApiError;
 use super::wire::{
     CacheControl, CacheTtl, ContentBlockParam, InputMessage, MessageContent, MessagesRequest, Role,
-    SystemPrompt, ToolResultContent,
+    SystemPrompt, ToolResultBlock, ToolResultContent,
 };
 
 /// Anthropic's limit on `cache_control` blocks per request.
@@ -504,7 +504,7 @@ fn template_conversation(
                 }
                 ContentBlockParam::Thinking {}
                 | ContentBlockParam::RedactedThinking {}
-                | ContentBlockParam::Other => &None,
+                | ContentBlockParam::ServerBlock {} => &None,
             };
             if let Some(cc) = cache_control {
                 marks.mark(&mut text, cc);
@@ -621,7 +621,7 @@ fn conversation_turns(
                                     "this model has no tool-call format",
                                 ));
                             }
-                            calls.push((name.clone(), input.clone()));
+                            calls.push((name.clone(), Value::Object(input.clone())));
                             call_ids.push((id.clone(), name.clone()));
                             cache_control
                         }
@@ -652,7 +652,7 @@ fn conversation_turns(
                         }
                         ContentBlockParam::Thinking {}
                         | ContentBlockParam::RedactedThinking {}
-                        | ContentBlockParam::Other => &None,
+                        | ContentBlockParam::ServerBlock {} => &None,
                     };
                     if let Some(cc) = cache_control {
                         if matches!(block, ContentBlockParam::ToolUse { .. }) {
@@ -712,14 +712,14 @@ fn tool_result_text(content: Option<&ToolResultContent>) -> String {
         Some(ToolResultContent::Text(text)) => text.clone(),
         Some(ToolResultContent::Blocks(blocks)) => blocks
             .iter()
-            .map(|block| match block.get("type").and_then(Value::as_str) {
-                Some("text") => block
-                    .get("text")
+            .map(|block| match block {
+                ToolResultBlock::Text { text } => text.clone(),
+                ToolResultBlock::Document { source } => source
+                    .get("data")
                     .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                Some(other) => format!("[{other} omitted]"),
-                None => String::new(),
+                    .map_or_else(|| "[document omitted]".to_string(), str::to_string),
+                ToolResultBlock::Image {} => "[image omitted]".to_string(),
+                ToolResultBlock::Other {} => "[search result omitted]".to_string(),
             })
             .collect::<Vec<_>>()
             .join("\n"),

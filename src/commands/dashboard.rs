@@ -30,7 +30,7 @@ pub fn run(args: DashboardArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?
         .block_on(async {
-            let state = state(&args.db, args.addr, args.api_key).await?;
+            let state = state(&args.db, args.addr, args.api_key, &args.allowed_hosts).await?;
             let listener = tokio::net::TcpListener::bind(args.addr)
                 .await
                 .with_context(|| format!("binding {}", args.addr))?;
@@ -49,7 +49,12 @@ pub fn run(args: DashboardArgs) -> Result<()> {
 }
 
 /// The dashboard over `db`, with the thresholds `showdown compare` uses.
-pub async fn state(db: &Path, addr: SocketAddr, api_key: Option<String>) -> Result<DashboardState> {
+pub async fn state(
+    db: &Path,
+    addr: SocketAddr,
+    api_key: Option<String>,
+    allowed_hosts: &[String],
+) -> Result<DashboardState> {
     let default_thresholds = default_suites_dir().join("compare.toml");
     let compare = if default_thresholds.is_file() {
         CompareConfig::load(&default_thresholds)?
@@ -63,5 +68,6 @@ pub async fn state(db: &Path, addr: SocketAddr, api_key: Option<String>) -> Resu
         compare,
         api_key,
         addr,
+        allowed_hosts: allowed_hosts.to_vec(),
     })
 }

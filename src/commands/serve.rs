@@ -59,6 +59,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         queue_depth: args.queue,
         max_body_bytes: args.max_body_mib << 20,
         log_prompts: args.log_prompts,
+        allowed_hosts: args.allowed_hosts.clone(),
     };
     let addr = config.addr;
     let api_key = config.api_key.clone();
@@ -77,7 +78,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 );
                 return serve(state).await;
             }
-            let dashboard = super::dashboard::state(&args.db, addr, api_key).await?;
+            let dashboard =
+                super::dashboard::state(&args.db, addr, api_key, &args.allowed_hosts).await?;
             serve_with(state, dashboard_router(dashboard)).await
         })
 }

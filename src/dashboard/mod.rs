@@ -10,7 +10,11 @@
 //!
 //! With an API key and a listen address that is not loopback, every page and
 //! JSON route asks for the key (`x-api-key`, `Authorization: Bearer`, or
-//! `?key=` once, which sets a cookie for the browser).
+//! `?key=` once, which sets a cookie for the browser). The cookie is not the
+//! key nor derived from it alone: it is an expiry time signed with a secret
+//! drawn when the server starts (HMAC-SHA256), good for [`COOKIE_MAX_AGE`]
+//! on the dashboard only; a restart signs everyone out. Every route refuses
+//! a foreign `Host` or `Origin` ([`crate::host_check`]).
 
 mod charts;
 mod compare;
@@ -30,10 +34,12 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hmac::{Hmac, Mac};
 use minijinja::{AutoEscape, Environment};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::host_check::{check_host, AllowedHosts};
 use crate::models::ModelStore;
 use crate::report::CompareConfig;
 use crate::store::Store;
@@ -74,8 +80,15 @@ const TEMPLATES: [(&str, &str); 8] = [
     ),
 ];
 
-/// The cookie a browser keeps the key's hash in after `?key=`.
+/// The cookie a browser keeps its signed pass in after `?key=`.
 const KEY_COOKIE: &str = "showdown_key";
+
+/// How long a dashboard cookie is good for, in seconds.
+pub const COOKIE_MAX_AGE: u64 = 12 * 60 * 60;
+
+/// What a cookie's signature covers besides its expiry, so a MAC made for
+/// anything else under the same secret never passes.
+const COOKIE_CONTEXT: &[u8] = b"showdown dashboard cookie v2\n";
 
 /// What the dashboard needs to answer.
 #[derive(Clone)]
@@ -89,6 +102,9 @@ struct Inner {
     compare: CompareConfig,
     /// The key's sha256, when requests must present the key.
     required_key_hash: Option<[u8; 32]>,
+    /// Signs and checks the cookies of this process.
+    cookie_secret: [u8; 32],
+    allowed_hosts: Arc<AllowedHosts>,
 }
 
 /// How the dashboard is set up.
@@ -103,6 +119,8 @@ pub struct DashboardConfig {
     pub api_key: Option<String>,
     /// Where the server listens: on loopback the key is not asked for.
     pub addr: SocketAddr,
+    /// Host names served beyond loopback names and IP addresses.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl DashboardState {
@@ -119,6 +137,8 @@ impl DashboardState {
                 models: config.models,
                 compare: config.compare,
                 required_key_hash,
+                cookie_secret: rand::random(),
+                allowed_hosts: Arc::new(AllowedHosts::new(&config.allowed_hosts)),
             }),
         })
     }
@@ -193,6 +213,10 @@ pub fn router(state: DashboardState) -> Router {
             get(|| async { Redirect::permanent("/dashboard") }),
         )
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(middleware::from_fn_with_state(
+            state.inner.allowed_hosts.clone(),
+            check_host,
+        ))
         .with_state(state)
 }
 
@@ -314,9 +338,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The key a request presents, from a header, the query or the cookie (the
-/// cookie holds its hash).
-fn presented_key_hash(headers: &HeaderMap, query: Option<&str>) -> (Option<[u8; 32]>, bool) {
+/// What a request presents to open the dashboard.
+enum Presented {
+    /// The key itself (its sha256), from a header or `?key=` (`from_query`).
+    Key {
+        hash: [u8; 32],
+        from_query: bool,
+    },
+    /// A cookie: whether it is one of ours and unexpired.
+    Cookie {
+        valid: bool,
+    },
+    Nothing,
+}
+
+fn presented(headers: &HeaderMap, query: Option<&str>, secret: &[u8; 32]) -> Presented {
     let header_key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -327,7 +363,10 @@ fn presented_key_hash(headers: &HeaderMap, query: Option<&str>) -> (Option<[u8; 
                 .and_then(|v| v.strip_prefix("Bearer "))
         });
     if let Some(key) = header_key {
-        return (Some(key_hash(key)), false);
+        return Presented::Key {
+            hash: key_hash(key),
+            from_query: false,
+        };
     }
     let query_key = query.and_then(|q| {
         q.split('&')
@@ -336,7 +375,10 @@ fn presented_key_hash(headers: &HeaderMap, query: Option<&str>) -> (Option<[u8; 
             .map(|(_, value)| percent_decode(value))
     });
     if let Some(key) = query_key {
-        return (Some(key_hash(&key)), true);
+        return Presented::Key {
+            hash: key_hash(&key),
+            from_query: true,
+        };
     }
     let cookie = headers
         .get_all(header::COOKIE)
@@ -345,9 +387,48 @@ fn presented_key_hash(headers: &HeaderMap, query: Option<&str>) -> (Option<[u8; 
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(name, _)| *name == KEY_COOKIE)
-        .and_then(|(_, value)| hex::decode(value).ok())
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
-    (cookie, false)
+        .map(|(_, value)| value);
+    match cookie {
+        Some(value) => Presented::Cookie {
+            valid: cookie_is_valid(secret, value, unix_now()),
+        },
+        None => Presented::Nothing,
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn cookie_mac(secret: &[u8; 32], expires: u64) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(COOKIE_CONTEXT);
+    mac.update(expires.to_string().as_bytes());
+    mac
+}
+
+/// `EXPIRES.MAC`: a Unix time and its HMAC-SHA256 under `secret`.
+fn cookie_value(secret: &[u8; 32], now: u64) -> String {
+    let expires = now + COOKIE_MAX_AGE;
+    let tag = cookie_mac(secret, expires).finalize().into_bytes();
+    format!("{expires}.{}", hex::encode(tag))
+}
+
+/// Whether `value` was signed by this process and has not expired (nor
+/// claims to outlive the longest lifetime this process hands out).
+fn cookie_is_valid(secret: &[u8; 32], value: &str, now: u64) -> bool {
+    let Some((expires, tag)) = value.split_once('.') else {
+        return false;
+    };
+    let (Ok(expires), Ok(tag)) = (expires.parse::<u64>(), hex::decode(tag)) else {
+        return false;
+    };
+    if expires <= now || expires > now.saturating_add(COOKIE_MAX_AGE) {
+        return false;
+    }
+    cookie_mac(secret, expires).verify_slice(&tag).is_ok()
 }
 
 /// `%XX` and `+` decoding of a query value.
@@ -401,50 +482,53 @@ async fn require_key(
     let Some(expected) = state.inner.required_key_hash else {
         return next.run(request).await;
     };
-    let (given, from_query) = presented_key_hash(request.headers(), request.uri().query());
+    let given = presented(
+        request.headers(),
+        request.uri().query(),
+        &state.inner.cookie_secret,
+    );
     let is_api = request.uri().path().starts_with("/api/");
-    match given {
-        Some(hash) if constant_time_eq(&hash, &expected) => {
+    let message = match given {
+        Presented::Key { hash, from_query } if constant_time_eq(&hash, &expected) => {
             if !from_query {
                 return next.run(request).await;
             }
-            // A browser: remember the key so links and forms work without it,
-            // and take it out of the address bar (and the history).
+            // A browser: remember a signed pass so links and forms work
+            // without the key, and take the key out of the address bar (and
+            // the history).
             let mut response = if is_api {
                 next.run(request).await
             } else {
                 Redirect::to(&without_key(request.uri())).into_response()
             };
             let cookie = format!(
-                "{KEY_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-                hex::encode(hash)
+                "{KEY_COOKIE}={}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Strict",
+                cookie_value(&state.inner.cookie_secret, unix_now())
             );
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().append(header::SET_COOKIE, value);
             }
-            response
+            return response;
         }
-        given => {
-            let message = if given.is_some() {
-                "invalid key"
-            } else {
-                "this dashboard needs the server's API key"
-            };
-            let failure = Failure::new(StatusCode::UNAUTHORIZED, message);
-            if is_api {
-                JsonFailure(failure).into_response()
-            } else {
-                let page = state
-                    .render(
-                        "error.html.j2",
-                        minijinja::context! { status => 401, message => message, ask_key => true },
-                    )
-                    .map(|html| html.0)
-                    .unwrap_or_else(|_| message.to_string());
-                (StatusCode::UNAUTHORIZED, Html(page)).into_response()
-            }
+        Presented::Cookie { valid: true } => return next.run(request).await,
+        Presented::Key { .. } => "invalid key",
+        Presented::Cookie { valid: false } => {
+            "your dashboard session has expired or is not valid: give the key again"
         }
+        Presented::Nothing => "this dashboard needs the server's API key",
+    };
+    let failure = Failure::new(StatusCode::UNAUTHORIZED, message);
+    if is_api {
+        return JsonFailure(failure).into_response();
     }
+    let page = state
+        .render(
+            "error.html.j2",
+            minijinja::context! { status => 401, message => message, ask_key => true },
+        )
+        .map(|html| html.0)
+        .unwrap_or_else(|_| message.to_string());
+    (StatusCode::UNAUTHORIZED, Html(page)).into_response()
 }
 
 /// Number formatting for the templates; `–` wherever a figure is missing.
@@ -554,5 +638,45 @@ mod links {
     /// The comparison of two runs.
     pub fn compare(base: i64, head: i64) -> String {
         format!("/dashboard/compare?base={base}&head={head}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_cookie_passes_and_forged_expired_or_foreign_ones_do_not() {
+        let secret = [7u8; 32];
+        let now = 1_800_000_000;
+        let fresh = cookie_value(&secret, now);
+        assert!(cookie_is_valid(&secret, &fresh, now));
+        assert!(cookie_is_valid(&secret, &fresh, now + COOKIE_MAX_AGE - 1));
+        assert!(
+            !cookie_is_valid(&secret, &fresh, now + COOKIE_MAX_AGE),
+            "expired"
+        );
+        assert!(
+            !cookie_is_valid(&[8u8; 32], &fresh, now),
+            "another process's"
+        );
+        let (expires, tag) = fresh.split_once('.').unwrap();
+        let later = expires.parse::<u64>().unwrap() + 3600;
+        assert!(
+            !cookie_is_valid(&secret, &format!("{later}.{tag}"), now),
+            "an extended expiry"
+        );
+        let far = cookie_value(&secret, now + 10 * COOKIE_MAX_AGE);
+        assert!(
+            !cookie_is_valid(&secret, &far, now),
+            "outlives any we hand out"
+        );
+        assert!(
+            !cookie_is_valid(&secret, &hex::encode(key_hash("k")), now),
+            "old style"
+        );
+        for junk in ["", ".", "1.", ".ab", "x.y", "99999999999999999999999.00"] {
+            assert!(!cookie_is_valid(&secret, junk, now), "{junk:?}");
+        }
     }
 }
