@@ -1,8 +1,10 @@
 mod compare;
 mod dashboard;
 mod engine;
+mod faults;
 mod gemma3;
 mod github;
+mod hostile;
 mod models;
 mod moe;
 mod moe_gen;
@@ -12,6 +14,7 @@ mod qwen3;
 mod run;
 mod scoring;
 mod server;
+mod store;
 mod tokenizer;
 mod tools;
 mod util;
