@@ -282,13 +282,18 @@ fn known_bad_headers_are_refused_clearly() {
         ),
         (vec![Damage::Field(embd_type, 77)], "has unknown type id 77"),
         (
-            vec![Damage::Field(embd_offset, u64::MAX - 100)],
+            vec![Damage::Field(embd_offset, u64::MAX - 31)],
             "ends past the file's",
         ),
         (
             vec![Damage::Field(embd_offset, 128)],
             "ends past the file's",
         ),
+        (
+            vec![Damage::Field(embd_offset, 33)],
+            "offset 33 is not a multiple of the alignment 32",
+        ),
+        (vec![Damage::Field(embd_dims.1, 0)], "has a dimension of 0"),
         (vec![Damage::Field(1, u64::MAX)], "remain"),
         (vec![Damage::Field(3, u64::MAX)], "remain (truncated?)"),
         (

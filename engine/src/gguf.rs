@@ -613,6 +613,11 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
         let mut elems: u64 = 1;
         for _ in 0..dims {
             let dim = r.length("a tensor dimension")?;
+            // An empty tensor has no data for candle to point at (it casts a
+            // dangling pointer to blocks, which must be aligned).
+            if dim == 0 {
+                return Err(format!("tensor `{name}` has a dimension of 0"));
+            }
             elems = elems
                 .checked_mul(dim)
                 .ok_or_else(|| format!("tensor `{name}`: its dimensions' product overflows"))?;
@@ -621,6 +626,12 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
         let dtype =
             ggml_dtype(id).ok_or_else(|| format!("tensor `{name}` has unknown type id {id}"))?;
         let offset = r.u64("a tensor offset")?;
+        // The data is read in place as blocks of f16s and f32s: GGUF aligns it.
+        if !offset.is_multiple_of(alignment) {
+            return Err(format!(
+                "tensor `{name}`'s offset {offset} is not a multiple of the alignment {alignment}"
+            ));
+        }
         let block = dtype.block_size() as u64;
         if !elems.is_multiple_of(block) {
             return Err(format!(
