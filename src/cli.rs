@@ -146,12 +146,50 @@ pub struct RunArgs {
     /// Environment variable holding the target's API key.
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// How long a request may wait.
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// What is under test, in git's terms.
     #[command(flatten)]
     pub git: GitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How long each request to the target may wait, in seconds; each expiry is
+/// an error recorded on its case. The defaults suit a slow local model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimeoutArgs {
+    /// Seconds to open the connection.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    pub connect_timeout: f64,
+    /// Seconds from sending a request to the stream's first event (the
+    /// model's prefill).
+    #[arg(long, default_value_t = 600.0, value_parser = positive_seconds)]
+    pub first_byte_timeout: f64,
+    /// Seconds between two events of a started stream.
+    #[arg(long, default_value_t = 120.0, value_parser = positive_seconds)]
+    pub idle_timeout: f64,
+}
+
+impl TimeoutArgs {
+    /// The flags as the client's timeouts.
+    pub fn timeouts(&self) -> showdown::Timeouts {
+        let seconds = std::time::Duration::from_secs_f64;
+        showdown::Timeouts {
+            connect: seconds(self.connect_timeout),
+            first_byte: seconds(self.first_byte_timeout),
+            idle: seconds(self.idle_timeout),
+        }
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(s),
+        _ => Err(format!("`{text}`: expected a positive number of seconds")),
+    }
 }
 
 /// Git metadata a run records; each defaults to GitHub Actions' environment
@@ -240,6 +278,11 @@ pub struct PrCommentArgs {
     /// Print the comment instead of posting it (no token needed).
     #[arg(long)]
     pub dry_run: bool,
+    /// The login whose marked comment is showdown's (default: the token's
+    /// account, from GET /user; github-actions[bot] for an installation
+    /// token, which may not read /user). A GitHub App comments as NAME[bot].
+    #[arg(long)]
+    pub comment_author: Option<String>,
     /// How to compare.
     #[command(flatten)]
     pub compare: CompareOptions,
@@ -279,6 +322,9 @@ pub struct QualifyArgs {
     /// Seed recorded with runs made here.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How long a request of a run made here may wait.
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// What is under test, in git's terms.
     #[command(flatten)]
     pub git: GitArgs,

@@ -84,8 +84,8 @@ pub use report::{
 };
 pub use runner::{
     default_suites_dir, load_named_suites, render_table, rescore_case, run as run_eval, run_agent,
-    summarize, AgentOutcome, AgentTask, GitMeta, MessagesClient, RunOptions, RunReport,
-    SuiteSummary, Target, ToolExecutor, DEFAULT_SUITES,
+    summarize, AgentOutcome, AgentTask, ApiFailure, GitMeta, MessagesClient, MessagesResponse,
+    RunOptions, RunReport, SuiteSummary, Target, Timeouts, ToolExecutor, DEFAULT_SUITES,
 };
 pub use store::{
     now as store_now, CaseRecord, CheckRecord, HostInfo, NewRun, RequestMetrics, RunRow, Store,

@@ -566,3 +566,14 @@ pub fn assert_fused_equals_layer_by_layer(path: &std::path::Path, prompt: &[u32]
         step = vec![argmax(&x)];
     }
 }
+
+/// A property's case count: `base` in CI, times `PROPTEST_SCALE` for a
+/// longer run (`PROPTEST_SCALE=10` runs ten times as many of every property).
+pub fn proptest_cases(base: u32) -> u32 {
+    let scale = std::env::var("PROPTEST_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    base.saturating_mul(scale)
+}

@@ -58,22 +58,13 @@ impl Gguf {
             path: path.to_owned(),
             reason,
         };
+        // Every count, length, size and offset the header declares is
+        // checked against the file first (candle's parser divides by the
+        // declared alignment and multiplies declared dimensions unchecked);
+        // only then does candle build the header. Tensor data is not read.
+        check_header(&mmap).map_err(invalid)?;
         let content = gguf_file::Content::read(&mut Cursor::new(&mmap[..]))
             .map_err(|e| invalid(e.to_string()))?;
-        // Candle reads tensor data lazily; check every tensor lies inside the
-        // file now so a truncated download fails at load with a clear message.
-        let file_len = mmap.len() as u64;
-        for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let block = info.ggml_dtype.block_size();
-            let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
-            if end > file_len {
-                return Err(invalid(format!(
-                    "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated?)"
-                )));
-            }
-        }
         let architecture = match content.metadata.get("general.architecture") {
             Some(gguf_file::Value::String(s)) => s.clone(),
             _ => return Err(invalid("no general.architecture in metadata".into())),
@@ -430,4 +421,246 @@ impl Gguf {
         let mut cursor = Cursor::new(&self.mmap[..]);
         Ok(self.content.tensor(&mut cursor, name, device)?)
     }
+}
+
+/// Deepest nesting of arrays in a metadata value (candle's own cap).
+const MAX_VALUE_DEPTH: usize = 64;
+/// Most dimensions of a tensor (GGML_MAX_DIMS).
+const MAX_TENSOR_DIMS: u64 = 4;
+
+/// The ggml type of a GGUF type id, for the types candle reads.
+fn ggml_dtype(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
+}
+
+/// A bounds-checked little-endian reader over the file's bytes.
+struct HeaderReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    /// GGUF v1 writes lengths and dimensions as u32, later versions as u64.
+    wide: bool,
+}
+
+impl<'a> HeaderReader<'a> {
+    fn take(&mut self, n: u64, what: &str) -> std::result::Result<&'a [u8], String> {
+        let left = self.bytes.len() - self.at;
+        match usize::try_from(n) {
+            Ok(n) if n <= left => {
+                let taken = &self.bytes[self.at..self.at + n];
+                self.at += n;
+                Ok(taken)
+            }
+            _ => Err(format!(
+                "{what} needs {n} bytes at byte {}, but only {left} remain (truncated?)",
+                self.at
+            )),
+        }
+    }
+
+    fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    /// A count, length or dimension: u32 in v1, u64 after.
+    fn length(&mut self, what: &str) -> std::result::Result<u64, String> {
+        if self.wide {
+            self.u64(what)
+        } else {
+            self.u32(what).map(u64::from)
+        }
+    }
+
+    fn string(&mut self, what: &str) -> std::result::Result<&'a [u8], String> {
+        let len = self.length(what)?;
+        self.take(len, what)
+    }
+
+    /// Skips a metadata value of type `kind`; returns it when it is a
+    /// non-negative integer of a type candle takes `general.alignment` from.
+    fn skip_value(&mut self, kind: u32, depth: usize) -> std::result::Result<Option<u64>, String> {
+        if depth > MAX_VALUE_DEPTH {
+            return Err(format!(
+                "metadata arrays nest deeper than {MAX_VALUE_DEPTH}"
+            ));
+        }
+        if let Some(size) = fixed_size(kind) {
+            let b = self.take(size, "a metadata value")?;
+            let value = match kind {
+                0 => i64::from(b[0]),
+                1 => i64::from(b[0] as i8),
+                2 => i64::from(u16::from_le_bytes([b[0], b[1]])),
+                3 => i64::from(i16::from_le_bytes([b[0], b[1]])),
+                4 => i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                5 => i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                _ => return Ok(None),
+            };
+            return Ok(u64::try_from(value).ok());
+        }
+        match kind {
+            8 => {
+                self.string("a metadata string")?;
+            }
+            9 => {
+                let element = self.u32("an array's element type")?;
+                let len = self.length("an array's length")?;
+                let prefix = if self.wide { 8 } else { 4 };
+                let smallest = match element {
+                    8 => prefix,
+                    9 => 4 + prefix,
+                    _ => fixed_size(element)
+                        .ok_or_else(|| format!("unknown metadata value type {element}"))?,
+                };
+                let left = (self.bytes.len() - self.at) as u64;
+                let needed = len.saturating_mul(smallest);
+                if needed > left {
+                    return Err(format!(
+                        "an array declares {len} elements ({needed} bytes at least), but only {left} bytes remain"
+                    ));
+                }
+                match fixed_size(element) {
+                    Some(_) => {
+                        self.take(needed, "an array")?;
+                    }
+                    None => {
+                        for _ in 0..len {
+                            self.skip_value(element, depth + 1)?;
+                        }
+                    }
+                }
+            }
+            other => return Err(format!("unknown metadata value type {other}")),
+        }
+        Ok(None)
+    }
+}
+
+/// Bytes of a metadata value of a fixed-size type; `None` for strings,
+/// arrays and unknown types.
+fn fixed_size(kind: u32) -> Option<u64> {
+    match kind {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+/// Walks a GGUF header over the whole file's bytes without allocating from
+/// anything it declares: every string, array, tensor shape, type id and
+/// tensor extent is checked against the file, and the arithmetic on them
+/// (dimension products, byte sizes, offsets, alignment) is checked too.
+fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut r = HeaderReader {
+        bytes,
+        at: 0,
+        wide: true,
+    };
+    let magic = r.take(4, "the magic")?;
+    if magic != b"GGUF" && magic != b"FUGG" {
+        return Err(format!("unknown magic {magic:02x?}"));
+    }
+    let version = r.u32("the version")?;
+    r.wide = match version {
+        1 => false,
+        2 | 3 => true,
+        other => return Err(format!("unsupported GGUF version {other}")),
+    };
+    let tensor_count = r.length("the tensor count")?;
+    let metadata_count = r.length("the metadata count")?;
+    let mut alignment = None;
+    for _ in 0..metadata_count {
+        let key = r.string("a metadata key")?;
+        let kind = r.u32("a metadata value type")?;
+        let value = r.skip_value(kind, 0)?;
+        if key == b"general.alignment" {
+            // The last entry wins, as in candle's map.
+            alignment = value;
+        }
+    }
+    let alignment = alignment.unwrap_or(gguf_file::DEFAULT_ALIGNMENT);
+    if alignment == 0 || !alignment.is_power_of_two() {
+        return Err(format!(
+            "general.alignment {alignment} is not a power of two"
+        ));
+    }
+    let mut extents = Vec::new();
+    for _ in 0..tensor_count {
+        let name = String::from_utf8_lossy(r.string("a tensor name")?).into_owned();
+        let dims = r.u32("a tensor's dimension count")?;
+        if u64::from(dims) > MAX_TENSOR_DIMS {
+            return Err(format!(
+                "tensor `{name}` has {dims} dimensions, at most {MAX_TENSOR_DIMS} are allowed"
+            ));
+        }
+        let mut elems: u64 = 1;
+        for _ in 0..dims {
+            let dim = r.length("a tensor dimension")?;
+            // An empty tensor has no data for candle to point at (it casts a
+            // dangling pointer to blocks, which must be aligned).
+            if dim == 0 {
+                return Err(format!("tensor `{name}` has a dimension of 0"));
+            }
+            elems = elems
+                .checked_mul(dim)
+                .ok_or_else(|| format!("tensor `{name}`: its dimensions' product overflows"))?;
+        }
+        let id = r.u32("a tensor type")?;
+        let dtype =
+            ggml_dtype(id).ok_or_else(|| format!("tensor `{name}` has unknown type id {id}"))?;
+        let offset = r.u64("a tensor offset")?;
+        // The data is read in place as blocks of f16s and f32s: GGUF aligns it.
+        if !offset.is_multiple_of(alignment) {
+            return Err(format!(
+                "tensor `{name}`'s offset {offset} is not a multiple of the alignment {alignment}"
+            ));
+        }
+        let block = dtype.block_size() as u64;
+        if !elems.is_multiple_of(block) {
+            return Err(format!(
+                "tensor `{name}`: {elems} values are not whole {dtype:?} blocks of {block}"
+            ));
+        }
+        let size = (elems / block)
+            .checked_mul(dtype.type_size() as u64)
+            .ok_or_else(|| format!("tensor `{name}`: its size in bytes overflows"))?;
+        extents.push((name, offset, size));
+    }
+    let file_len = bytes.len() as u64;
+    let data_start = (r.at as u64).div_ceil(alignment) * alignment;
+    for (name, offset, size) in extents {
+        let fits = data_start
+            .checked_add(offset)
+            .and_then(|start| start.checked_add(size))
+            .is_some_and(|end| end <= file_len);
+        if !fits {
+            return Err(format!(
+                "tensor `{name}` ({size} bytes at offset {offset} from byte {data_start}) ends past the file's {file_len} bytes (truncated?)"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -42,7 +42,8 @@ pub fn run(args: PrCommentArgs) -> Result<()> {
         let create = comparison.regressed() || args.always;
         // octocrab's client spawns its worker on the runtime it is built in.
         let outcome = runtime.block_on(async {
-            let commenter = PrCommenter::new(&args.github_api, &token)?;
+            let commenter = PrCommenter::new(&args.github_api, &token)?
+                .with_author(args.comment_author.clone());
             commenter.upsert(&pr, &body, create).await
         })?;
         match &outcome {

@@ -174,6 +174,7 @@ async fn qualify_model(
             },
             git: args.git.meta(),
             progress: !args.json,
+            timeouts: args.timeouts.timeouts(),
         })
         .await?;
         if !args.json {

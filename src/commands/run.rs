@@ -43,6 +43,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         api_key,
         git: args.git.meta(),
         progress: !args.json,
+        timeouts: args.timeouts.timeouts(),
     };
     let report = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

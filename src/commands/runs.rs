@@ -206,6 +206,7 @@ pub fn rerun(args: RerunArgs) -> Result<()> {
             api_key,
             git: GitMeta::default(),
             progress: true,
+            timeouts: showdown::Timeouts::default(),
         };
         drop(store);
         let report = run_eval(&options).await?;

@@ -190,7 +190,8 @@ impl Sandbox {
         for (index, line) in text.lines().enumerate().skip(offset - 1).take(limit) {
             let _ = writeln!(out, "{:>6}\t{}", index + 1, cut_line(line));
         }
-        let shown_to = (offset - 1 + limit).min(total);
+        // Saturating: `limit` is the model's number, up to u64::MAX.
+        let shown_to = (offset - 1).saturating_add(limit).min(total);
         if shown_to < total {
             let _ = writeln!(
                 out,
@@ -585,7 +586,7 @@ fn content_lines(
         if next_unprinted > 0 && start > next_unprinted && (before > 0 || after > 0) {
             out.push("--".to_string());
         }
-        let end = (hit + after).min(lines.len() - 1);
+        let end = hit.saturating_add(after).min(lines.len() - 1);
         for (index, line) in lines.iter().enumerate().take(end + 1).skip(start) {
             let separator = if index == hit || hits.binary_search(&index).is_ok() {
                 ':'

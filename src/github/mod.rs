@@ -1,6 +1,11 @@
 //! The PR bot: one comment per pull request, found by a hidden marker and
 //! updated in place, posted through octocrab. GitHub's refusals become plain
 //! messages ([`GithubError`]); the token never appears in them.
+//!
+//! Only a comment the token's own account wrote counts as showdown's: a
+//! person quoting the marker in a reply is never overwritten. The account is
+//! `GET /user`'s; an installation token (Actions' `GITHUB_TOKEN`) may not read
+//! `/user`, and comments as `github-actions[bot]`.
 
 use anyhow::Result;
 use minijinja::{context, Environment};
@@ -12,6 +17,10 @@ use crate::report::{render_markdown, Comparison};
 
 /// The hidden line that marks showdown's comment on a PR.
 pub const COMMENT_MARKER: &str = "<!-- showdown:pr-comment -->";
+
+/// Who Actions' `GITHUB_TOKEN` comments as: the account when `/user` is
+/// refused to an installation token.
+pub const ACTIONS_BOT_LOGIN: &str = "github-actions[bot]";
 
 const PR_COMMENT_TEMPLATE: &str = include_str!("../../templates/pr-comment.md.j2");
 
@@ -102,6 +111,16 @@ pub enum GithubError {
         /// GitHub's message.
         message: String,
     },
+    /// An answer that is not what GitHub's API returns.
+    #[error("GitHub's answer about the {what} at {api} did not parse: {reason}")]
+    Malformed {
+        /// What was asked about.
+        what: String,
+        /// The API base.
+        api: String,
+        /// Where and how it failed to parse.
+        reason: String,
+    },
     /// No answer at all.
     #[error("could not reach GitHub at {api}: {reason}")]
     Network {
@@ -116,6 +135,8 @@ pub enum GithubError {
 pub struct PrCommenter {
     client: Octocrab,
     api: String,
+    /// The login whose comments are showdown's, when given rather than asked.
+    author: Option<String>,
 }
 
 impl PrCommenter {
@@ -131,11 +152,36 @@ impl PrCommenter {
         Ok(Self {
             client,
             api: api.to_string(),
+            author: None,
         })
     }
 
-    /// The id of showdown's comment on the PR, looking through every page.
+    /// Counts only comments by `login` as showdown's, without asking GitHub
+    /// (a GitHub App's `NAME[bot]`).
+    pub fn with_author(mut self, login: Option<String>) -> Self {
+        self.author = login;
+        self
+    }
+
+    /// The login the token comments as.
+    pub async fn author(&self) -> Result<String, GithubError> {
+        if let Some(login) = &self.author {
+            return Ok(login.clone());
+        }
+        match self.client.current().user().await {
+            Ok(user) => Ok(user.login),
+            // An installation token may not read /user: Actions' GITHUB_TOKEN.
+            Err(octocrab::Error::GitHub { source, .. }) if source.status_code.as_u16() == 403 => {
+                Ok(ACTIONS_BOT_LOGIN.to_string())
+            }
+            Err(e) => Err(self.explain(e, "token's user")),
+        }
+    }
+
+    /// The id of showdown's comment on the PR, looking through every page:
+    /// one by the token's own account that carries the marker.
     pub async fn find_comment(&self, pr: &PullRequest) -> Result<Option<u64>, GithubError> {
+        let author = self.author().await?;
         let issues = self.client.issues(&pr.owner, &pr.repo);
         let mut page = issues
             .list_comments(pr.number)
@@ -145,9 +191,10 @@ impl PrCommenter {
             .map_err(|e| self.explain(e, "pull request"))?;
         loop {
             if let Some(comment) = page.items.iter().find(|c| {
-                c.body
-                    .as_deref()
-                    .is_some_and(|b| b.contains(COMMENT_MARKER))
+                c.user.login == author
+                    && c.body
+                        .as_deref()
+                        .is_some_and(|b| b.contains(COMMENT_MARKER))
             }) {
                 return Ok(Some(comment.id.into_inner()));
             }
@@ -237,12 +284,44 @@ impl PrCommenter {
                     _ => GithubError::Status { status, message },
                 }
             }
+            octocrab::Error::Json { source, .. } => GithubError::Malformed {
+                what: what.to_string(),
+                api: self.api.clone(),
+                reason: format!("at `{}`: {}", source.path(), source.inner()),
+            },
+            octocrab::Error::Serde { source, .. } => GithubError::Malformed {
+                what: what.to_string(),
+                api: self.api.clone(),
+                reason: source.to_string(),
+            },
+            // Octocrab's pagination reports an answer that is neither a list
+            // nor a search result as `Other`, as it does a body cut off in
+            // transit: only the former is a malformed answer.
+            other @ octocrab::Error::Other { .. } if is_decoding(&other) => {
+                GithubError::Malformed {
+                    what: what.to_string(),
+                    api: self.api.clone(),
+                    reason: network_reason(&other),
+                }
+            }
             other => GithubError::Network {
                 api: self.api.clone(),
                 reason: network_reason(&other),
             },
         }
     }
+}
+
+/// Whether an error arose decoding an answer that arrived, not in transit.
+fn is_decoding(err: &octocrab::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(e) = source {
+        if e.is::<serde_json::Error>() || e.to_string().starts_with("error decoding") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The innermost cause of a transport failure (octocrab's own display adds a

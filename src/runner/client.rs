@@ -3,15 +3,44 @@
 //! and the request's figures measured from the stream (DESIGN.md's metric
 //! names), so every target — showdown, Ollama, llama.cpp, the cloud — is
 //! measured alike.
+//!
+//! The target is a server the runner does not control: every event is
+//! checked before it is applied (a malformed or hostile stream is an error on
+//! the case, never a panic), and every wait is bounded ([`Timeouts`]).
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::store::RequestMetrics;
+
+/// How long the client waits at each stage of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening the TCP (and TLS) connection.
+    pub connect: Duration,
+    /// Request sent → the response's headers and its first event: covers a
+    /// slow local model's prefill of a long prompt.
+    pub first_byte: Duration,
+    /// Between two events once the stream has started.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    /// Generous enough for a slow local model on a small CPU: 10 s to
+    /// connect, 600 s to the first event, 120 s between events.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(600),
+            idle: Duration::from_secs(120),
+        }
+    }
+}
 
 /// A Messages endpoint.
 #[derive(Clone)]
@@ -19,6 +48,7 @@ pub struct MessagesClient {
     base_url: String,
     api_key: Option<String>,
     http: reqwest::Client,
+    timeouts: Timeouts,
 }
 
 /// A request the endpoint refused (HTTP error) or failed mid-stream.
@@ -73,14 +103,39 @@ impl Response {
     }
 }
 
+/// `future`, or an error naming what did not arrive within `limit`.
+async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(limit, future).await.map_err(|_| {
+        anyhow::anyhow!(
+            "timed out after {} s waiting for {what}",
+            limit.as_secs_f64()
+        )
+    })
+}
+
 impl MessagesClient {
-    /// A client for `base_url` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base_url: &str, api_key: Option<String>) -> Self {
-        Self {
+    /// A client for `base_url` (e.g. `http://127.0.0.1:8080`) with the
+    /// default [`Timeouts`].
+    pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self> {
+        Self::with_timeouts(base_url, api_key, Timeouts::default())
+    }
+
+    /// A client for `base_url` that gives up after `timeouts`.
+    pub fn with_timeouts(
+        base_url: &str,
+        api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
-            http: reqwest::Client::new(),
-        }
+            http,
+            timeouts,
+        })
     }
 
     /// Sends `body` with `stream: true` and assembles the answer.
@@ -97,13 +152,15 @@ impl MessagesClient {
         if let Some(key) = &self.api_key {
             request = request.header("x-api-key", key);
         }
-        let response = request
-            .send()
-            .await
+        let first_byte = self.timeouts.first_byte;
+        let response = within(first_byte, "the response's headers", request.send())
+            .await?
             .with_context(|| format!("sending a request to {}", self.base_url))?;
         let status = response.status().as_u16();
         if status != 200 {
-            let text = response.text().await.unwrap_or_default();
+            let text = within(self.timeouts.idle, "the error's body", response.text())
+                .await?
+                .unwrap_or_default();
             let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             return Err(ApiFailure {
                 status,
@@ -121,7 +178,21 @@ impl MessagesClient {
         let mut events = response.bytes_stream().eventsource();
         let mut assembler = StreamAssembler::default();
         let mut ttft_ms = None;
-        while let Some(event) = events.next().await {
+        let mut received = 0usize;
+        loop {
+            // The first event may wait for prefill; later ones only for a token.
+            let (limit, what) = if received == 0 {
+                (
+                    first_byte.saturating_sub(started.elapsed()),
+                    "the first event",
+                )
+            } else {
+                (self.timeouts.idle, "the next event")
+            };
+            let Some(event) = within(limit, what, events.next()).await? else {
+                break;
+            };
+            received += 1;
             let event = event.context("reading the event stream")?;
             let data: Value = serde_json::from_str(&event.data)
                 .with_context(|| format!("event `{}` carries no JSON", event.event))?;
@@ -139,7 +210,9 @@ impl MessagesClient {
                 }
                 .into());
             }
-            let done = assembler.apply(&data)?;
+            let done = assembler
+                .apply(&data)
+                .with_context(|| format!("event {received} (`{}`)", event.event))?;
             if done {
                 break;
             }
@@ -170,70 +243,124 @@ impl MessagesClient {
 }
 
 /// Builds the message from stream events, as the SDKs' accumulators do.
+/// Every field it writes into is checked to exist with the right shape.
 #[derive(Default)]
 struct StreamAssembler {
-    message: Option<Value>,
+    message: Option<Map<String, Value>>,
     /// Raw JSON of the tool_use block being streamed.
     partial_json: String,
     stopped: bool,
 }
 
+/// A JSON value's kind, for error messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 impl StreamAssembler {
     /// Applies one event; returns true at `message_stop`.
     fn apply(&mut self, data: &Value) -> Result<bool> {
+        anyhow::ensure!(
+            data.is_object(),
+            "the event is {}, not an object",
+            kind(data)
+        );
         match data["type"].as_str().unwrap_or_default() {
-            "message_start" => self.message = Some(data["message"].clone()),
+            "message_start" => {
+                anyhow::ensure!(self.message.is_none(), "a second message_start");
+                let Value::Object(mut message) = data["message"].clone() else {
+                    anyhow::bail!("message_start's message is {}", kind(&data["message"]));
+                };
+                let content = message.entry("content").or_insert_with(|| json!([]));
+                anyhow::ensure!(
+                    content.is_array(),
+                    "message_start's content is {}, not a list",
+                    kind(content)
+                );
+                let usage = message.entry("usage").or_insert_with(|| json!({}));
+                anyhow::ensure!(
+                    usage.is_object(),
+                    "message_start's usage is {}, not an object",
+                    kind(usage)
+                );
+                self.message = Some(message);
+            }
             "content_block_start" => {
-                let message = self.message_mut()?;
-                let content = message["content"]
-                    .as_array_mut()
-                    .context("message content is not a list")?;
-                content.push(data["content_block"].clone());
+                let block = &data["content_block"];
+                anyhow::ensure!(
+                    block.is_object(),
+                    "content_block_start's block is {}, not an object",
+                    kind(block)
+                );
+                let content = self.content_mut()?;
+                if let Some(index) = data.get("index") {
+                    anyhow::ensure!(
+                        index.as_u64() == Some(content.len() as u64),
+                        "content_block_start for block {index}, but the message has {} blocks",
+                        content.len()
+                    );
+                }
+                content.push(block.clone());
                 self.partial_json.clear();
             }
             "content_block_delta" => {
-                let index = data["index"].as_u64().context("delta without index")? as usize;
                 let delta = &data["delta"];
                 match delta["type"].as_str().unwrap_or_default() {
                     "text_delta" => {
-                        let message = self.message_mut()?;
-                        let block = &mut message["content"][index];
-                        let text = format!(
-                            "{}{}",
-                            block["text"].as_str().unwrap_or_default(),
-                            delta["text"].as_str().unwrap_or_default()
-                        );
-                        block["text"] = Value::String(text);
+                        let piece = delta["text"]
+                            .as_str()
+                            .context("text_delta without a text string")?;
+                        let block = self.block_mut(&data["index"])?;
+                        match block.entry("text").or_insert_with(|| json!("")) {
+                            Value::String(text) => text.push_str(piece),
+                            other => anyhow::bail!("the block's text is {}", kind(other)),
+                        }
                     }
-                    "input_json_delta" => self
-                        .partial_json
-                        .push_str(delta["partial_json"].as_str().unwrap_or_default()),
+                    "input_json_delta" => {
+                        self.block_mut(&data["index"])?;
+                        self.partial_json.push_str(
+                            delta["partial_json"]
+                                .as_str()
+                                .context("input_json_delta without a partial_json string")?,
+                        )
+                    }
                     _ => {}
                 }
             }
             "content_block_stop" => {
-                let index = data["index"].as_u64().context("stop without index")? as usize;
                 let partial = std::mem::take(&mut self.partial_json);
-                let message = self.message_mut()?;
-                let block = &mut message["content"][index];
-                if block["type"] == "tool_use" && !partial.is_empty() {
-                    block["input"] = serde_json::from_str(&partial)
+                let block = self.block_mut(&data["index"])?;
+                if block.get("type").and_then(Value::as_str) == Some("tool_use")
+                    && !partial.is_empty()
+                {
+                    let input: Value = serde_json::from_str(&partial)
                         .with_context(|| format!("tool input is not JSON: {partial}"))?;
+                    block.insert("input".into(), input);
                 }
             }
             "message_delta" => {
+                let delta = &data["delta"];
                 let message = self.message_mut()?;
-                message["stop_reason"] = data["delta"]["stop_reason"].clone();
-                message["stop_sequence"] = data["delta"]["stop_sequence"].clone();
+                message.insert("stop_reason".into(), delta["stop_reason"].clone());
+                message.insert("stop_sequence".into(), delta["stop_sequence"].clone());
                 if let Some(usage) = data["usage"].as_object() {
-                    for (k, v) in usage {
-                        if !v.is_null() {
-                            message["usage"][k] = v.clone();
-                        }
+                    let Some(Value::Object(totals)) = message.get_mut("usage") else {
+                        anyhow::bail!("the message's usage is not an object");
+                    };
+                    for (k, v) in usage.iter().filter(|(_, v)| !v.is_null()) {
+                        totals.insert(k.clone(), v.clone());
                     }
                 }
             }
             "message_stop" => {
+                self.message_mut()?;
                 self.stopped = true;
                 return Ok(true);
             }
@@ -242,14 +369,41 @@ impl StreamAssembler {
         Ok(false)
     }
 
-    fn message_mut(&mut self) -> Result<&mut Value> {
+    fn message_mut(&mut self) -> Result<&mut Map<String, Value>> {
         self.message
             .as_mut()
             .context("the stream did not start with message_start")
     }
 
+    fn content_mut(&mut self) -> Result<&mut Vec<Value>> {
+        // message_start checked content is a list; nothing replaces it since.
+        self.message_mut()?
+            .get_mut("content")
+            .and_then(Value::as_array_mut)
+            .context("the message's content is not a list")
+    }
+
+    /// The block an event's `index` names.
+    fn block_mut(&mut self, index: &Value) -> Result<&mut Map<String, Value>> {
+        let content = self.content_mut()?;
+        let blocks = content.len();
+        let position = index
+            .as_u64()
+            .with_context(|| format!("the event's index is {}, not a block number", kind(index)))?;
+        usize::try_from(position)
+            .ok()
+            .and_then(|i| content.get_mut(i))
+            .with_context(|| {
+                format!("the event names block {position}, but the message has {blocks}")
+            })?
+            .as_object_mut()
+            .context("the block is not an object")
+    }
+
     fn finish(self) -> Result<Value> {
         anyhow::ensure!(self.stopped, "the stream ended before message_stop");
-        self.message.context("the stream carried no message")
+        self.message
+            .map(Value::Object)
+            .context("the stream carried no message")
     }
 }

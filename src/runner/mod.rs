@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 pub use agent::{run_agent, AgentOutcome, AgentTask, ToolExecutor};
-pub use client::MessagesClient;
+pub use client::{ApiFailure, MessagesClient, Response as MessagesResponse, Timeouts};
 pub use summary::{render_table, summarize, SuiteSummary};
 pub use target::Target;
 
@@ -91,6 +91,9 @@ pub struct RunOptions {
     pub git: GitMeta,
     /// Show a progress bar.
     pub progress: bool,
+    /// How long each request may wait to connect, for its first event, and
+    /// between events.
+    pub timeouts: Timeouts,
 }
 
 /// How a run ended.
@@ -320,7 +323,8 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
     let store = Store::open(&options.db).await?;
     let model_store = ModelStore::from_env()?;
     let target = Target::start(&options.target, options.model.as_deref(), &model_store).await?;
-    let client = MessagesClient::new(&target.base_url, options.api_key.clone());
+    let client =
+        MessagesClient::with_timeouts(&target.base_url, options.api_key.clone(), options.timeouts)?;
     let run_id = store
         .create_run(&NewRun {
             label: options.label.clone(),

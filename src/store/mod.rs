@@ -6,9 +6,20 @@
 //! result in its own transaction, and `complete` only at the end. Opening a
 //! store marks runs whose process is gone `incomplete`, so an interrupted run
 //! is never shown as complete and its finished cases stay readable.
+//!
+//! A live run holds an advisory lock on `<db>.runs/<id>.lock` (flock on Unix,
+//! LockFileEx on Windows): the OS releases it when the process dies, however
+//! it dies, so a `running` run whose lock is free is over. Pids are recorded
+//! but not trusted (they are reused, and not every OS has `/proc`).
+//!
+//! An older build opens a database a newer one migrated: migrations it does
+//! not know are ignored (they only ever add), so it can read and append.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -314,6 +325,10 @@ pub struct StoredCase {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Where live runs' lock files are: `<db>.runs/`.
+    locks_dir: PathBuf,
+    /// The locks of the runs this process is running, by run id.
+    held: Arc<Mutex<HashMap<i64, File>>>,
 }
 
 impl Store {
@@ -334,42 +349,93 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("opening {}", path.display()))?;
-        sqlx::migrate::Migrator::new(EmbeddedMigrations)
+        let mut migrator = sqlx::migrate::Migrator::new(EmbeddedMigrations)
             .await
-            .context("reading the embedded migrations")?
+            .context("reading the embedded migrations")?;
+        // A newer build's migrations are applied but unknown here: an older
+        // binary (compare --base-bin) must still read and append.
+        migrator.set_ignore_missing(true);
+        migrator
             .run(&pool)
             .await
             .with_context(|| format!("migrating {}", path.display()))?;
-        let store = Self { pool };
+        let mut locks_dir = path.as_os_str().to_owned();
+        locks_dir.push(".runs");
+        let store = Self {
+            pool,
+            locks_dir: PathBuf::from(locks_dir),
+            held: Arc::default(),
+        };
         store.mark_abandoned_runs().await?;
         Ok(store)
     }
 
-    /// Marks `running` runs whose process no longer exists `incomplete`.
+    /// The lock file of run `id`.
+    fn lock_path(&self, id: i64) -> PathBuf {
+        self.locks_dir.join(format!("{id}.lock"))
+    }
+
+    /// Whether some process holds run `id`'s lock.
+    fn run_is_held(&self, id: i64) -> Result<bool> {
+        let path = self.lock_path(id);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("testing the lock {}", path.display()))
+            }
+        }
+    }
+
+    /// Marks `running` runs whose lock no process holds `incomplete`.
     pub async fn mark_abandoned_runs(&self) -> Result<u64> {
-        let rows = sqlx::query("SELECT id, pid FROM runs WHERE status = 'running'")
+        let rows = sqlx::query("SELECT id FROM runs WHERE status = 'running'")
             .fetch_all(&self.pool)
             .await?;
         let mut marked = 0;
         for row in rows {
             let id: i64 = row.get("id");
-            let pid: i64 = row.get("pid");
-            if !process_alive(pid) {
-                self.finish_run(
-                    id,
-                    "incomplete",
-                    None,
-                    Some("the run's process ended before it finished"),
-                )
-                .await?;
-                marked += 1;
+            if self.run_is_held(id)? {
+                continue;
             }
+            // Only a run still `running`: it may have finished since the SELECT.
+            marked += sqlx::query(
+                "UPDATE runs SET status = 'incomplete', finished_at = ?,
+                     error = COALESCE(error, ?) WHERE id = ? AND status = 'running'",
+            )
+            .bind(now())
+            .bind("the run's process ended before it finished")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            let _ = std::fs::remove_file(self.lock_path(id));
         }
         Ok(marked)
     }
 
-    /// Records a new run as `running`; returns its id.
+    /// Takes the lock of new run `id`, held until [`Store::finish_run`] or
+    /// this process's end.
+    fn lock_run(&self, id: i64) -> Result<File> {
+        std::fs::create_dir_all(&self.locks_dir)
+            .with_context(|| format!("creating {}", self.locks_dir.display()))?;
+        let path = self.lock_path(id);
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.try_lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(file)
+    }
+
+    /// Records a new run as `running` and holds its lock; returns its id.
     pub async fn create_run(&self, run: &NewRun) -> Result<i64> {
+        // The lock is taken before the row is committed: no other process
+        // can see the run without its lock held.
+        let mut tx = self.pool.begin().await?;
         let id = sqlx::query(
             "INSERT INTO runs (status, label, target, model, model_sha256, engine_version, git_sha,
                  scorer_version, sampling_json, seed, repeat, host_json, host_fingerprint,
@@ -393,9 +459,15 @@ impl Store {
         .bind(run.pr_number.map(|n| n as i64))
         .bind(std::process::id() as i64)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .last_insert_rowid();
+        let lock = self.lock_run(id)?;
+        tx.commit().await?;
+        self.held
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the run-lock table was poisoned"))?
+            .insert(id, lock);
         Ok(id)
     }
 
@@ -520,6 +592,15 @@ impl Store {
         .bind(run_id)
         .execute(&self.pool)
         .await?;
+        // The status is written: the lock has nothing left to say.
+        let held = self
+            .held
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the run-lock table was poisoned"))?
+            .remove(&run_id);
+        if held.is_some() {
+            let _ = std::fs::remove_file(self.lock_path(run_id));
+        }
         Ok(())
     }
 
@@ -788,17 +869,6 @@ fn parse_json(text: String) -> Value {
 /// Now, RFC 3339 in UTC with milliseconds.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Whether a process with this id exists on this machine.
-fn process_alive(pid: i64) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    if pid == std::process::id() as i64 {
-        return true;
-    }
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! panic, never a 5xx. Arbitrary splits and garbage into the tool-call parser
 //! never panic, and splitting the output never changes what it parses to.
 //!
-//! Case counts are per property; `PROPTEST_CASES` multiplies them (a value of
+//! Case counts are per property; `PROPTEST_SCALE` multiplies them (a value of
 //! 10 runs ten times the CI count) for a longer run.
 
 use std::sync::{Arc, OnceLock};
@@ -19,15 +19,10 @@ use serde_json::{json, Map, Value};
 use showdown::{resolve_model, server_app, AppState, ModelStore, ServeConfig, ToolCallFormat};
 use tower::ServiceExt;
 
-/// `base` cases, times `PROPTEST_CASES` when it is set.
+/// `base` cases ([`crate::util::proptest_cases`]).
 fn config(base: u32) -> Config {
-    let factor = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(1)
-        .max(1);
     Config {
-        cases: base.saturating_mul(factor),
+        cases: crate::util::proptest_cases(base),
         failure_persistence: None,
         ..Config::default()
     }
