@@ -181,6 +181,7 @@ impl TimeoutArgs {
             connect: seconds(self.connect_timeout),
             first_byte: seconds(self.first_byte_timeout),
             idle: seconds(self.idle_timeout),
+            ..showdown::Timeouts::default()
         }
     }
 }

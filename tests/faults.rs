@@ -30,6 +30,8 @@ enum Behaviour {
     Write(Vec<u8>),
     /// Writes these bytes, then holds the connection open without a word.
     WriteThenStall(Vec<u8>),
+    /// Writes these bytes, then a ping every 20 ms, forever.
+    WriteThenPing(Vec<u8>),
 }
 
 /// A loopback server answering every connection as its behaviour says.
@@ -99,6 +101,13 @@ fn answer(mut stream: TcpStream, behaviour: Behaviour) {
             let _ = stream.flush();
             std::thread::sleep(Duration::from_secs(3600));
         }
+        Behaviour::WriteThenPing(bytes) => {
+            let _ = stream.write_all(&bytes);
+            let ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
+            while stream.write_all(ping.as_bytes()).is_ok() && stream.flush().is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
 
@@ -154,6 +163,7 @@ fn short_timeouts() -> Timeouts {
         connect: Duration::from_secs(2),
         first_byte: Duration::from_secs(2),
         idle: Duration::from_secs(2),
+        answer: Duration::from_secs(10),
     }
 }
 
@@ -374,6 +384,7 @@ async fn every_wait_is_bounded() {
         connect: Duration::from_secs(1),
         first_byte: Duration::from_millis(500),
         idle: Duration::from_millis(300),
+        answer: Duration::from_secs(2),
     };
     let request = request();
     let silent = FakeTarget::start(Behaviour::Silent);
@@ -408,6 +419,20 @@ async fn every_wait_is_bounded() {
         "{err:#}"
     );
     assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A started stream that pings forever: every event comes well inside
+    // the idle timeout, and the answer's own limit ends it.
+    let pings = FakeTarget::start(Behaviour::WriteThenPing(
+        format!("{SSE_HEAD}{}", sse(&events[..2])).into(),
+    ));
+    let client = MessagesClient::with_timeouts(&pings.url, None, timeouts).unwrap();
+    let started = Instant::now();
+    let err = client.create(&request).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("timed out after 2 s waiting for the end of the answer"),
+        "{err:#}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
 }
 
 use crate::util::proptest_cases as cases;

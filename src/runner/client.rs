@@ -28,16 +28,25 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Between two events once the stream has started.
     pub idle: Duration,
+    /// Request sent → `message_stop`: a stream that keeps sending pings or
+    /// trickling text resets the idle timeout forever, this one it does not.
+    pub answer: Duration,
 }
+
+/// The most event data one answer may carry; a stream past it is a hostile
+/// or runaway target, not an answer (a 32k-token answer is about 4 MiB).
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 impl Default for Timeouts {
     /// Generous enough for a slow local model on a small CPU: 10 s to
-    /// connect, 600 s to the first event, 120 s between events.
+    /// connect, 600 s to the first event, 120 s between events, an hour for
+    /// the whole answer.
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(10),
             first_byte: Duration::from_secs(600),
             idle: Duration::from_secs(120),
+            answer: Duration::from_secs(3600),
         }
     }
 }
@@ -179,6 +188,7 @@ impl MessagesClient {
         let mut assembler = StreamAssembler::default();
         let mut ttft_ms = None;
         let mut received = 0usize;
+        let mut received_bytes = 0usize;
         loop {
             // The first event may wait for prefill; later ones only for a token.
             let (limit, what) = if received == 0 {
@@ -189,11 +199,37 @@ impl MessagesClient {
             } else {
                 (self.timeouts.idle, "the next event")
             };
-            let Some(event) = within(limit, what, events.next()).await? else {
+            let answer_left = self.timeouts.answer.saturating_sub(started.elapsed());
+            let (limit, what) = if answer_left < limit {
+                (answer_left, "the end of the answer")
+            } else {
+                (limit, what)
+            };
+            let next = tokio::time::timeout(limit, events.next()).await;
+            let Ok(next) = next else {
+                // Name the limit that ran out, not the time that was left.
+                let limit = if what == "the end of the answer" {
+                    self.timeouts.answer
+                } else {
+                    limit
+                };
+                anyhow::bail!(
+                    "timed out after {} s waiting for {what}",
+                    limit.as_secs_f64()
+                );
+            };
+            let Some(event) = next else {
                 break;
             };
             received += 1;
             let event = event.context("reading the event stream")?;
+            received_bytes += event.data.len() + event.event.len();
+            if received_bytes > MAX_ANSWER_BYTES {
+                anyhow::bail!(
+                    "the answer passed {} MiB of events without ending",
+                    MAX_ANSWER_BYTES >> 20
+                );
+            }
             let data: Value = serde_json::from_str(&event.data)
                 .with_context(|| format!("event `{}` carries no JSON", event.event))?;
             if event.event == "content_block_delta" && ttft_ms.is_none() {
