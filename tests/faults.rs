@@ -378,6 +378,24 @@ async fn hostile_streams_are_errors_that_say_what_was_wrong() {
     }
 }
 
+/// The runner's client against a target behaving as `behaviour`: its error
+/// says `expected`, and it comes within `within`.
+async fn times_out(behaviour: Behaviour, timeouts: Timeouts, expected: &str, within: Duration) {
+    let target = FakeTarget::start(behaviour);
+    let client = MessagesClient::with_timeouts(&target.url, None, timeouts).unwrap();
+    let started = Instant::now();
+    let err = client.create(&request()).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains(expected),
+        "{expected:?} in {err:#}"
+    );
+    assert!(
+        started.elapsed() < within,
+        "{expected:?} took {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn every_wait_is_bounded() {
     let timeouts = Timeouts {
@@ -386,53 +404,40 @@ async fn every_wait_is_bounded() {
         idle: Duration::from_millis(300),
         answer: Duration::from_secs(2),
     };
-    let request = request();
-    let silent = FakeTarget::start(Behaviour::Silent);
-    let client = MessagesClient::with_timeouts(&silent.url, None, timeouts).unwrap();
-    let started = Instant::now();
-    let err = client.create(&request).await.unwrap_err();
-    assert!(
-        format!("{err:#}").contains("timed out after 0.5 s waiting for the response's headers"),
-        "{err:#}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(3));
-
+    let soon = Duration::from_secs(3);
+    times_out(
+        Behaviour::Silent,
+        timeouts,
+        "timed out after 0.5 s waiting for the response's headers",
+        soon,
+    )
+    .await;
     // Headers, then nothing: the first event never comes.
-    let headers_only = FakeTarget::start(Behaviour::WriteThenStall(SSE_HEAD.into()));
-    let client = MessagesClient::with_timeouts(&headers_only.url, None, timeouts).unwrap();
-    let err = client.create(&request).await.unwrap_err();
-    assert!(
-        format!("{err:#}").contains("waiting for the first event"),
-        "{err:#}"
-    );
-
+    times_out(
+        Behaviour::WriteThenStall(SSE_HEAD.into()),
+        timeouts,
+        "timed out after 0.5 s waiting for the first event",
+        soon,
+    )
+    .await;
     // A started stream that stalls: the idle timeout.
     let events = valid_events("stalled");
-    let stalls = FakeTarget::start(Behaviour::WriteThenStall(
-        format!("{SSE_HEAD}{}", sse(&events[..4])).into(),
-    ));
-    let client = MessagesClient::with_timeouts(&stalls.url, None, timeouts).unwrap();
-    let started = Instant::now();
-    let err = client.create(&request).await.unwrap_err();
-    assert!(
-        format!("{err:#}").contains("timed out after 0.3 s waiting for the next event"),
-        "{err:#}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(3));
-
+    times_out(
+        Behaviour::WriteThenStall(format!("{SSE_HEAD}{}", sse(&events[..4])).into()),
+        timeouts,
+        "timed out after 0.3 s waiting for the next event",
+        soon,
+    )
+    .await;
     // A started stream that pings forever: every event comes well inside
     // the idle timeout, and the answer's own limit ends it.
-    let pings = FakeTarget::start(Behaviour::WriteThenPing(
-        format!("{SSE_HEAD}{}", sse(&events[..2])).into(),
-    ));
-    let client = MessagesClient::with_timeouts(&pings.url, None, timeouts).unwrap();
-    let started = Instant::now();
-    let err = client.create(&request).await.unwrap_err();
-    assert!(
-        format!("{err:#}").contains("timed out after 2 s waiting for the end of the answer"),
-        "{err:#}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(4));
+    times_out(
+        Behaviour::WriteThenPing(format!("{SSE_HEAD}{}", sse(&events[..2])).into()),
+        timeouts,
+        "timed out after 2 s waiting for the end of the answer",
+        Duration::from_secs(4),
+    )
+    .await;
 }
 
 use crate::util::proptest_cases as cases;

@@ -190,32 +190,23 @@ impl MessagesClient {
         let mut received = 0usize;
         let mut received_bytes = 0usize;
         loop {
-            // The first event may wait for prefill; later ones only for a token.
-            let (limit, what) = if received == 0 {
-                (
-                    first_byte.saturating_sub(started.elapsed()),
-                    "the first event",
-                )
+            // The first event may wait for prefill; later ones only for a
+            // token; none past the whole answer's limit. `named` is the
+            // limit an error names, `left` the time this wait may take.
+            let (mut named, mut what, mut left) = if received == 0 {
+                let left = first_byte.saturating_sub(started.elapsed());
+                (first_byte, "the first event", left)
             } else {
-                (self.timeouts.idle, "the next event")
+                (self.timeouts.idle, "the next event", self.timeouts.idle)
             };
             let answer_left = self.timeouts.answer.saturating_sub(started.elapsed());
-            let (limit, what) = if answer_left < limit {
-                (answer_left, "the end of the answer")
-            } else {
-                (limit, what)
-            };
-            let next = tokio::time::timeout(limit, events.next()).await;
-            let Ok(next) = next else {
-                // Name the limit that ran out, not the time that was left.
-                let limit = if what == "the end of the answer" {
-                    self.timeouts.answer
-                } else {
-                    limit
-                };
+            if answer_left < left {
+                (named, what, left) = (self.timeouts.answer, "the end of the answer", answer_left);
+            }
+            let Ok(next) = tokio::time::timeout(left, events.next()).await else {
                 anyhow::bail!(
                     "timed out after {} s waiting for {what}",
-                    limit.as_secs_f64()
+                    named.as_secs_f64()
                 );
             };
             let Some(event) = next else {
