@@ -71,10 +71,10 @@ impl MoeSpec {
 }
 
 /// splitmix64: the same numbers on every machine.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next_f32(&mut self) -> f32 {
+    pub(crate) fn next_f32(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -84,21 +84,21 @@ impl Rng {
     }
 
     /// Uniform in `[-scale, scale]`, shape `dims`.
-    fn tensor(&mut self, dims: &[usize], scale: f32) -> Tensor {
+    pub(crate) fn tensor(&mut self, dims: &[usize], scale: f32) -> Tensor {
         let n: usize = dims.iter().product();
         let data: Vec<f32> = (0..n).map(|_| self.next_f32() * scale).collect();
         Tensor::from_vec(data, dims, &Device::Cpu).unwrap()
     }
 
     /// A weight of `(out, inp)` scaled like a trained layer (unit-ish outputs).
-    fn weight(&mut self, dims: &[usize], dtype: GgmlDType) -> QTensor {
+    pub(crate) fn weight(&mut self, dims: &[usize], dtype: GgmlDType) -> QTensor {
         let inp = *dims.last().unwrap();
         let scale = (3.0 / inp as f32).sqrt();
         QTensor::quantize(&self.tensor(dims, scale), dtype).unwrap()
     }
 
     /// A norm weight near one.
-    fn norm(&mut self, n: usize) -> QTensor {
+    pub(crate) fn norm(&mut self, n: usize) -> QTensor {
         let t = (self.tensor(&[n], 0.2) + 1.0).unwrap();
         QTensor::quantize(&t, GgmlDType::F32).unwrap()
     }
@@ -107,13 +107,6 @@ impl Rng {
 /// The metadata every generated file has: the attention shape of `spec`
 /// under `arch`, and the SmolLM2 tokenizer. Returns it with the vocabulary size.
 fn base_metadata(arch: &str, spec: &MoeSpec) -> (Vec<(String, gguf_file::Value)>, usize) {
-    let smol = pinned_model_path("smollm2-135m");
-    let mut reader = std::fs::File::open(smol).unwrap();
-    let dense = gguf_file::Content::read(&mut reader).unwrap();
-    let vocab = match &dense.metadata["tokenizer.ggml.tokens"] {
-        gguf_file::Value::Array(a) => a.len(),
-        _ => unreachable!(),
-    };
     let mut metadata: Vec<(String, gguf_file::Value)> = vec![
         (
             "general.architecture".into(),
@@ -143,21 +136,37 @@ fn base_metadata(arch: &str, spec: &MoeSpec) -> (Vec<(String, gguf_file::Value)>
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             gguf_file::Value::F32(1e-5),
         ),
-        (format!("{arch}.vocab_size"), u32v(vocab)),
     ];
+    let (tokenizer, vocab) = smollm2_tokenizer();
+    metadata.push((format!("{arch}.vocab_size"), u32v(vocab)));
+    metadata.extend(tokenizer);
+    (metadata, vocab)
+}
+
+/// The pinned SmolLM2 file's `tokenizer.*` metadata, sorted by key, and its
+/// vocabulary size: generated files borrow it so prompts are real text.
+pub(crate) fn smollm2_tokenizer() -> (Vec<(String, gguf_file::Value)>, usize) {
+    let smol = pinned_model_path("smollm2-135m");
+    let mut reader = std::fs::File::open(smol).unwrap();
+    let dense = gguf_file::Content::read(&mut reader).unwrap();
+    let vocab = match &dense.metadata["tokenizer.ggml.tokens"] {
+        gguf_file::Value::Array(a) => a.len(),
+        _ => unreachable!(),
+    };
     let mut keys: Vec<&String> = dense
         .metadata
         .keys()
         .filter(|k| k.starts_with("tokenizer."))
         .collect();
     keys.sort();
-    for key in keys {
-        metadata.push((key.clone(), dense.metadata[key].clone()));
-    }
+    let metadata = keys
+        .into_iter()
+        .map(|key| (key.clone(), dense.metadata[key].clone()))
+        .collect();
     (metadata, vocab)
 }
 
-fn u32v(n: usize) -> gguf_file::Value {
+pub(crate) fn u32v(n: usize) -> gguf_file::Value {
     gguf_file::Value::U32(n as u32)
 }
 
@@ -209,7 +218,11 @@ fn attention_tensors(
     tensors
 }
 
-fn write_gguf(path: &Path, metadata: &[(String, gguf_file::Value)], tensors: &[(String, QTensor)]) {
+pub(crate) fn write_gguf(
+    path: &Path,
+    metadata: &[(String, gguf_file::Value)],
+    tensors: &[(String, QTensor)],
+) {
     let metadata: Vec<(&str, &gguf_file::Value)> =
         metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -219,14 +232,14 @@ fn write_gguf(path: &Path, metadata: &[(String, gguf_file::Value)], tensors: &[(
 
 /// `t` quantized from its own storage (candle's quantize reads the whole
 /// storage under a view).
-fn quantize_copy(t: &Tensor, dtype: GgmlDType) -> QTensor {
+pub(crate) fn quantize_copy(t: &Tensor, dtype: GgmlDType) -> QTensor {
     let data: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
     let t = Tensor::from_vec(data, t.shape(), &Device::Cpu).unwrap();
     QTensor::quantize(&t, dtype).unwrap()
 }
 
 /// Experts quantized one by one, then stacked byte for byte.
-fn stack_experts(experts: &[QTensor], dtype: GgmlDType) -> QTensor {
+pub(crate) fn stack_experts(experts: &[QTensor], dtype: GgmlDType) -> QTensor {
     let bytes: Vec<u8> = experts
         .iter()
         .flat_map(|q| q.data().unwrap().to_vec())

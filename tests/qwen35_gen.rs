@@ -1,0 +1,353 @@
+//! A deterministic generator of small random-weight Qwen 3.5 / 3.6 files
+//! (`qwen35`, `qwen35moe`) in llama.cpp b11434's exact GGUF layout
+//! (`src/models/qwen35.cpp`, `qwen35moe.cpp`): Gated DeltaNet layers with a
+//! full-attention layer every `full_attention_interval`, each followed by a
+//! dense feed-forward (`qwen35`) or routed experts plus a gated shared expert
+//! (`qwen35moe`). llama.cpp on these files is the oracle for the engine's
+//! implementation (`fixtures/qwen35/make_reference.py`); the real 35B file
+//! is not installable here.
+//!
+//! The shapes keep the real model's ratios at a small size: 16 of 64
+//! head dimensions rotated (the real file rotates 64 of 256), twice as many
+//! DeltaNet value heads as key heads, 2 KV heads under 4 query heads. Weight
+//! types follow an Ollama Q4_K_M file: Q4_K projections, Q6_K for the value,
+//! down and output projections, Q8_0 where a row is too short for a
+//! super-block, F32 for norms, router, convolution and the DeltaNet gates.
+
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+
+use crate::moe_gen::{quantize_copy, smollm2_tokenizer, stack_experts, u32v, write_gguf, Rng};
+
+/// Shape of a generated Qwen 3.5 file.
+#[derive(Debug, Clone)]
+pub struct Qwen35Spec {
+    /// `qwen35` (dense feed-forward) or `qwen35moe`.
+    pub architecture: &'static str,
+    pub layers: usize,
+    /// Every this many layers, the last is full attention (llama.cpp's rule:
+    /// layer `i` is recurrent unless `(i + 1) % interval == 0`).
+    pub full_attention_interval: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dims: usize,
+    /// `ssm.group_count`: DeltaNet key (and query) heads.
+    pub linear_key_heads: usize,
+    /// `ssm.time_step_rank`: DeltaNet value heads.
+    pub linear_value_heads: usize,
+    /// `ssm.state_size`: the dimension of a DeltaNet key, query and value head.
+    pub linear_head_dim: usize,
+    pub conv_kernel: usize,
+    /// Dense feed-forward width (`qwen35`) or the shared expert's (`qwen35moe`).
+    pub ff: usize,
+    pub expert_ff: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl Qwen35Spec {
+    /// `qwen35moe`: 6 layers (DeltaNet, DeltaNet, attention, twice), hidden
+    /// 256, 16 routed experts of 256 with 4 used, and a shared expert of 256.
+    pub fn moe() -> Self {
+        Self {
+            architecture: "qwen35moe",
+            layers: 6,
+            full_attention_interval: 3,
+            hidden: 256,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            rope_dims: 16,
+            linear_key_heads: 2,
+            linear_value_heads: 4,
+            linear_head_dim: 32,
+            conv_kernel: 4,
+            ff: 256,
+            expert_ff: 256,
+            experts: 16,
+            top_k: 4,
+            seed: 35,
+        }
+    }
+
+    /// `qwen35`: the same trunk with a dense feed-forward of 512.
+    pub fn dense() -> Self {
+        Self {
+            architecture: "qwen35",
+            ff: 512,
+            experts: 0,
+            top_k: 0,
+            seed: 36,
+            ..Self::moe()
+        }
+    }
+
+    pub fn is_recurrent(&self, layer: usize) -> bool {
+        !(layer + 1).is_multiple_of(self.full_attention_interval)
+    }
+}
+
+fn metadata(spec: &Qwen35Spec) -> (Vec<(String, gguf_file::Value)>, usize) {
+    let arch = spec.architecture;
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut metadata: Vec<(String, gguf_file::Value)> = vec![
+        (
+            "general.architecture".into(),
+            gguf_file::Value::String(arch.into()),
+        ),
+        (key("block_count"), u32v(spec.layers)),
+        (key("context_length"), u32v(4096)),
+        (key("embedding_length"), u32v(spec.hidden)),
+        (key("feed_forward_length"), u32v(spec.ff)),
+        (key("attention.head_count"), u32v(spec.heads)),
+        (key("attention.head_count_kv"), u32v(spec.kv_heads)),
+        (key("attention.key_length"), u32v(spec.head_dim)),
+        (key("attention.value_length"), u32v(spec.head_dim)),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            gguf_file::Value::F32(1e-6),
+        ),
+        (key("rope.dimension_count"), u32v(spec.rope_dims)),
+        (key("rope.freq_base"), gguf_file::Value::F32(10_000_000.0)),
+        // Text positions are the same in every section, so the split only
+        // has to sum to half the rotated dimensions.
+        (
+            key("rope.dimension_sections"),
+            gguf_file::Value::Array(
+                [3, 3, 2, 0]
+                    .into_iter()
+                    .map(gguf_file::Value::I32)
+                    .collect(),
+            ),
+        ),
+        (
+            key("full_attention_interval"),
+            u32v(spec.full_attention_interval),
+        ),
+        (key("ssm.conv_kernel"), u32v(spec.conv_kernel)),
+        (
+            key("ssm.inner_size"),
+            u32v(spec.linear_value_heads * spec.linear_head_dim),
+        ),
+        (key("ssm.state_size"), u32v(spec.linear_head_dim)),
+        (key("ssm.time_step_rank"), u32v(spec.linear_value_heads)),
+        (key("ssm.group_count"), u32v(spec.linear_key_heads)),
+    ];
+    if spec.experts > 0 {
+        metadata.push((key("expert_count"), u32v(spec.experts)));
+        metadata.push((key("expert_used_count"), u32v(spec.top_k)));
+        metadata.push((key("expert_feed_forward_length"), u32v(spec.expert_ff)));
+        metadata.push((key("expert_shared_feed_forward_length"), u32v(spec.ff)));
+    }
+    let (tokenizer, vocab) = smollm2_tokenizer();
+    metadata.push((key("vocab_size"), u32v(vocab)));
+    metadata.extend(tokenizer);
+    (metadata, vocab)
+}
+
+fn f32_tensor(rng: &mut Rng, dims: &[usize], scale: f32) -> QTensor {
+    QTensor::quantize(&rng.tensor(dims, scale), GgmlDType::F32).unwrap()
+}
+
+/// A full-attention layer: one projection for the query and its output gate
+/// (per head: `head_dim` query values, then `head_dim` gate values), q/k norms.
+fn attention_layer(rng: &mut Rng, spec: &Qwen35Spec, p: &str) -> Vec<(String, QTensor)> {
+    let h = spec.hidden;
+    let q = spec.heads * spec.head_dim;
+    let kv = spec.kv_heads * spec.head_dim;
+    vec![
+        (
+            format!("{p}.attn_q.weight"),
+            rng.weight(&[2 * q, h], GgmlDType::Q4K),
+        ),
+        (
+            format!("{p}.attn_k.weight"),
+            rng.weight(&[kv, h], GgmlDType::Q4K),
+        ),
+        (
+            format!("{p}.attn_v.weight"),
+            rng.weight(&[kv, h], GgmlDType::Q6K),
+        ),
+        (
+            format!("{p}.attn_output.weight"),
+            rng.weight(&[h, q], GgmlDType::Q4K),
+        ),
+        (format!("{p}.attn_q_norm.weight"), rng.norm(spec.head_dim)),
+        (format!("{p}.attn_k_norm.weight"), rng.norm(spec.head_dim)),
+    ]
+}
+
+/// A Gated DeltaNet layer: the mixed q/k/v projection, the output gate `z`,
+/// the short causal convolution over q/k/v, the decay (`ssm_a` = -exp(A_log),
+/// as llama.cpp's converter stores it, and the `dt` bias), the write strength
+/// `beta`, the gated norm and the output projection.
+fn delta_net_layer(rng: &mut Rng, spec: &Qwen35Spec, p: &str) -> Vec<(String, QTensor)> {
+    let h = spec.hidden;
+    let key_dim = spec.linear_key_heads * spec.linear_head_dim;
+    let value_dim = spec.linear_value_heads * spec.linear_head_dim;
+    let conv_dim = 2 * key_dim + value_dim;
+    let heads = spec.linear_value_heads;
+    let a_log = rng.tensor(&[heads], 1.0);
+    let ssm_a = a_log.exp().unwrap().neg().unwrap();
+    vec![
+        (
+            format!("{p}.attn_qkv.weight"),
+            rng.weight(&[conv_dim, h], GgmlDType::Q4K),
+        ),
+        (
+            format!("{p}.attn_gate.weight"),
+            rng.weight(&[value_dim, h], GgmlDType::Q4K),
+        ),
+        (
+            format!("{p}.ssm_conv1d.weight"),
+            f32_tensor(rng, &[conv_dim, spec.conv_kernel], 0.5),
+        ),
+        (format!("{p}.ssm_dt.bias"), f32_tensor(rng, &[heads], 1.0)),
+        (
+            format!("{p}.ssm_a"),
+            QTensor::quantize(&ssm_a, GgmlDType::F32).unwrap(),
+        ),
+        (
+            format!("{p}.ssm_beta.weight"),
+            rng.weight(&[heads, h], GgmlDType::F32),
+        ),
+        (
+            format!("{p}.ssm_alpha.weight"),
+            rng.weight(&[heads, h], GgmlDType::F32),
+        ),
+        (
+            format!("{p}.ssm_norm.weight"),
+            rng.norm(spec.linear_head_dim),
+        ),
+        // 128-wide rows: too short for a 256-value K super-block.
+        (
+            format!("{p}.ssm_out.weight"),
+            rng.weight(&[h, value_dim], GgmlDType::Q8_0),
+        ),
+    ]
+}
+
+/// Routed experts (stacked, the current layout), the router, and the shared
+/// expert with its one-output sigmoid gate.
+fn moe_layer(rng: &mut Rng, spec: &Qwen35Spec, p: &str) -> Vec<(String, QTensor)> {
+    let (h, ff, e) = (spec.hidden, spec.expert_ff, spec.experts);
+    let router = rng.tensor(&[e, h], 4.0 / (h as f32).sqrt());
+    let mut tensors = vec![(
+        format!("{p}.ffn_gate_inp.weight"),
+        QTensor::quantize(&router, GgmlDType::F32).unwrap(),
+    )];
+    let parts = [
+        ("ffn_gate_exps", [e, ff, h], GgmlDType::Q4K, h),
+        ("ffn_up_exps", [e, ff, h], GgmlDType::Q4K, h),
+        ("ffn_down_exps", [e, h, ff], GgmlDType::Q6K, ff),
+    ];
+    for (name, dims, dtype, inp) in parts {
+        let t = rng.tensor(&dims, (3.0 / inp as f32).sqrt());
+        let experts: Vec<QTensor> = (0..e)
+            .map(|i| quantize_copy(&t.get(i).unwrap(), dtype))
+            .collect();
+        tensors.push((format!("{p}.{name}.weight"), stack_experts(&experts, dtype)));
+    }
+    tensors.push((
+        format!("{p}.ffn_gate_inp_shexp.weight"),
+        f32_tensor(rng, &[h], 2.0 / (h as f32).sqrt()),
+    ));
+    tensors.extend(dense_ffn(rng, spec, p, "_shexp"));
+    tensors
+}
+
+fn dense_ffn(rng: &mut Rng, spec: &Qwen35Spec, p: &str, suffix: &str) -> Vec<(String, QTensor)> {
+    let (h, ff) = (spec.hidden, spec.ff);
+    vec![
+        (
+            format!("{p}.ffn_gate{suffix}.weight"),
+            rng.weight(&[ff, h], GgmlDType::Q4K),
+        ),
+        (
+            format!("{p}.ffn_up{suffix}.weight"),
+            rng.weight(&[ff, h], GgmlDType::Q4K),
+        ),
+        (
+            format!("{p}.ffn_down{suffix}.weight"),
+            rng.weight(&[h, ff], GgmlDType::Q6K),
+        ),
+    ]
+}
+
+/// Writes the random-weight model of `spec` to `path`.
+pub fn write_qwen35(path: &Path, spec: &Qwen35Spec) {
+    let (metadata, vocab) = metadata(spec);
+    let mut rng = Rng(spec.seed);
+    let h = spec.hidden;
+    let mut tensors = vec![
+        (
+            "token_embd.weight".to_string(),
+            QTensor::quantize(&rng.tensor(&[vocab, h], 1.0), GgmlDType::Q4K).unwrap(),
+        ),
+        ("output_norm.weight".to_string(), rng.norm(h)),
+        (
+            "output.weight".to_string(),
+            rng.weight(&[vocab, h], GgmlDType::Q6K),
+        ),
+    ];
+    for layer in 0..spec.layers {
+        let p = format!("blk.{layer}");
+        tensors.push((format!("{p}.attn_norm.weight"), rng.norm(h)));
+        tensors.push((format!("{p}.post_attention_norm.weight"), rng.norm(h)));
+        if spec.is_recurrent(layer) {
+            tensors.extend(delta_net_layer(&mut rng, spec, &p));
+        } else {
+            tensors.extend(attention_layer(&mut rng, spec, &p));
+        }
+        if spec.experts > 0 {
+            tensors.extend(moe_layer(&mut rng, spec, &p));
+        } else {
+            tensors.extend(dense_ffn(&mut rng, spec, &p, ""));
+        }
+    }
+    write_gguf(path, &metadata, &tensors);
+}
+
+/// Writes both generated files into `$SHOWDOWN_QWEN35_OUT` for
+/// `fixtures/qwen35/make_reference.py` (which runs llama.cpp on them).
+#[test]
+#[ignore = "writes the generated qwen35 files for the fixture script"]
+fn write_generated_qwen35_files() {
+    let dir = std::env::var("SHOWDOWN_QWEN35_OUT").expect("SHOWDOWN_QWEN35_OUT");
+    let dir = Path::new(&dir);
+    std::fs::create_dir_all(dir).unwrap();
+    write_qwen35(&dir.join("qwen35moe.gguf"), &Qwen35Spec::moe());
+    write_qwen35(&dir.join("qwen35.gguf"), &Qwen35Spec::dense());
+}
+
+/// The generator is deterministic: it writes the very files llama.cpp's
+/// fixtures were recorded on, so those fixtures stay the oracle for them.
+#[test]
+fn the_generated_files_are_the_ones_the_llama_cpp_fixtures_were_recorded_on() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    for (name, spec) in [
+        ("qwen35moe", Qwen35Spec::moe()),
+        ("qwen35", Qwen35Spec::dense()),
+    ] {
+        let path = dir.path().join(format!("{name}.gguf"));
+        write_qwen35(&path, &spec);
+        let sha = hex(&Sha256::digest(std::fs::read(&path).unwrap()));
+        let fixture = format!(
+            "{}/fixtures/qwen35/{name}_llama_cpp_greedy.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        assert_eq!(fixture["sha256"].as_str(), Some(sha.as_str()), "{name}");
+        assert_eq!(fixture["cases"].as_array().unwrap().len(), 3, "{name}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
