@@ -74,7 +74,7 @@ impl MoeSpec {
 pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    pub(crate) fn next_f32(&mut self) -> f32 {
+    fn next_f32(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -328,7 +328,6 @@ fn write_generated_qwen35_files() {
 /// fixtures were recorded on, so those fixtures stay the oracle for them.
 #[test]
 fn the_generated_files_are_the_ones_the_llama_cpp_fixtures_were_recorded_on() {
-    use sha2::{Digest, Sha256};
     let dir = tempfile::tempdir().unwrap();
     for (name, spec) in [
         ("qwen35moe", Qwen35Spec::moe()),
@@ -336,7 +335,7 @@ fn the_generated_files_are_the_ones_the_llama_cpp_fixtures_were_recorded_on() {
     ] {
         let path = dir.path().join(format!("{name}.gguf"));
         write_qwen35(&path, &spec);
-        let sha = hex(&Sha256::digest(std::fs::read(&path).unwrap()));
+        let sha = crate::util::sha256_hex(&std::fs::read(&path).unwrap());
         let fixture = format!(
             "{}/fixtures/qwen35/{name}_llama_cpp_greedy.json",
             env!("CARGO_MANIFEST_DIR")
@@ -346,8 +345,4 @@ fn the_generated_files_are_the_ones_the_llama_cpp_fixtures_were_recorded_on() {
         assert_eq!(fixture["sha256"].as_str(), Some(sha.as_str()), "{name}");
         assert_eq!(fixture["cases"].as_array().unwrap().len(), 3, "{name}");
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
