@@ -3,7 +3,11 @@
 //! growing history of tool calls and their real results on a fixture
 //! repository, as Claude Code's turns grow) sent to `showdown serve` over
 //! loopback, streamed, timing each turn's time to first token as a client
-//! sees it — once with the prefix cache and once without.
+//! sees it — once with the prefix cache and once without. After the turns,
+//! a side request as Claude Code sends one (a conversation title): the same
+//! system prompt and tools, other messages. It shares only the prefix up to
+//! the system prompt's `cache_control` breakpoint, which a hybrid model
+//! (Qwen 3.5) serves from the recurrent-state snapshot kept there.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,8 +26,10 @@ use crate::models::ResolvedModel;
 /// One turn's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheBenchTurn {
-    /// Turn number, from 1.
+    /// Turn number, from 1 (the side request is numbered after the turns).
     pub turn: usize,
+    /// Whether this is the side request, not a turn of the conversation.
+    pub side: bool,
     /// Prompt tokens.
     pub prompt_tokens: u64,
     /// Of which read from the cache.
@@ -80,46 +86,73 @@ pub async fn run_cache_bench(
             "tool_choice": {"type": "none"},
             "messages": messages,
         });
-        let started = Instant::now();
-        let response = client
-            .post(format!("{base}/v1/messages"))
-            .json(&body)
-            .send()
-            .await
-            .context("sending a turn")?;
-        if !response.status().is_success() {
-            bail!("turn {turn}: {}", response.text().await.unwrap_or_default());
-        }
-        let mut events = response.bytes_stream().eventsource();
-        let mut ttft_ms = None;
-        let mut usage = Value::Null;
-        while let Some(event) = events.next().await {
-            let event = event.context("reading the stream")?;
-            let data: Value = serde_json::from_str(&event.data)?;
-            match event.event.as_str() {
-                "content_block_delta" => {
-                    ttft_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
-                }
-                "message_delta" => usage = data["usage"].clone(),
-                "error" => bail!("turn {turn}: {data}"),
-                _ => {}
-            }
-        }
-        let read = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
-        let total = read
-            + usage["input_tokens"].as_u64().unwrap_or(0)
-            + usage["cache_creation_input_tokens"].as_u64().unwrap_or(0);
-        rows.push(CacheBenchTurn {
-            turn,
-            prompt_tokens: total,
-            cache_read_tokens: read,
-            ttft_ms: ttft_ms.unwrap_or_else(|| started.elapsed().as_secs_f64() * 1000.0),
-        });
+        rows.push(timed_turn(&client, &base, &body, turn, false).await?);
         // The answer itself is not kept: the next turn replays the agent's
         // scripted step, so cache on and off send the same prompts.
     }
+    let side = json!({
+        "model": name,
+        "max_tokens": 12,
+        "temperature": 0,
+        "stream": true,
+        "system": [{"type": "text", "text": agent_system_prompt(), "cache_control": {"type": "ephemeral"}}],
+        "tools": Sandbox::tool_definitions(),
+        "tool_choice": {"type": "none"},
+        "messages": [{"role": "user", "content": SIDE_QUESTION}],
+    });
+    rows.push(timed_turn(&client, &base, &side, turns + 1, true).await?);
     server.abort();
     Ok(rows)
+}
+
+/// The side request's question: a title for the conversation.
+const SIDE_QUESTION: &str =
+    "Write a title of at most five words for a conversation that starts: \"What's this project about?\"";
+
+/// Sends one streamed request and times its first text.
+async fn timed_turn(
+    client: &reqwest::Client,
+    base: &str,
+    body: &Value,
+    turn: usize,
+    side: bool,
+) -> Result<CacheBenchTurn> {
+    let started = Instant::now();
+    let response = client
+        .post(format!("{base}/v1/messages"))
+        .json(body)
+        .send()
+        .await
+        .context("sending a turn")?;
+    if !response.status().is_success() {
+        bail!("turn {turn}: {}", response.text().await.unwrap_or_default());
+    }
+    let mut events = response.bytes_stream().eventsource();
+    let mut ttft_ms = None;
+    let mut usage = Value::Null;
+    while let Some(event) = events.next().await {
+        let event = event.context("reading the stream")?;
+        let data: Value = serde_json::from_str(&event.data)?;
+        match event.event.as_str() {
+            "content_block_delta" => {
+                ttft_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+            }
+            "message_delta" => usage = data["usage"].clone(),
+            "error" => bail!("turn {turn}: {data}"),
+            _ => {}
+        }
+    }
+    let read = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
+    let total = read
+        + usage["input_tokens"].as_u64().unwrap_or(0)
+        + usage["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+    Ok(CacheBenchTurn {
+        turn,
+        side,
+        prompt_tokens: total,
+        cache_read_tokens: read,
+        ttft_ms: ttft_ms.unwrap_or_else(|| started.elapsed().as_secs_f64() * 1000.0),
+    })
 }
 
 /// A coding agent's system prompt of about 2k tokens, fixed so runs compare.

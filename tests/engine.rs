@@ -354,6 +354,7 @@ fn sampling_is_seeded_and_stop_sequences_and_cancel_work() {
                 seed,
             },
             stop_sequences: vec![],
+            snapshot_at: vec![],
         };
         generate_cold(engine, &prompt, &params).tokens
     };

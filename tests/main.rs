@@ -12,6 +12,7 @@ mod moe_gen;
 mod qualify;
 mod qwen2;
 mod qwen3;
+mod qwen35;
 mod qwen35_gen;
 mod run;
 mod scoring;

@@ -247,6 +247,7 @@ pub fn greedy(max_tokens: usize) -> showdown_engine::GenerateParams {
         max_tokens,
         sampling: showdown_engine::SamplingParams::greedy(),
         stop_sequences: vec![],
+        snapshot_at: vec![],
     }
 }
 

@@ -91,6 +91,11 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Text sequences that end generation (not included in the output).
     pub stop_sequences: Vec<String>,
+    /// Prompt positions (tokens before each) at which a hybrid model's
+    /// cache keeps a snapshot of its recurrent state, so a later prompt
+    /// sharing only that prefix resumes there: the request's
+    /// `cache_control` breakpoints. The end of the prompt always gets one.
+    pub snapshot_at: Vec<usize>,
 }
 
 /// Why generation ended.
@@ -310,18 +315,60 @@ impl Engine {
         prompt: &[u32],
         cancel: &CancelToken,
     ) -> Result<Option<Vec<f32>>> {
+        self.prefill_with_snapshots(cache, prompt, &[], cancel)
+    }
+
+    /// [`Engine::prefill`], keeping a hybrid model's recurrent state at each
+    /// of `snapshot_at` and just before the last prompt token (a turn
+    /// boundary: a request repeating this prompt, or branching anywhere
+    /// after it, resumes there with the last token still to run for its
+    /// logits).
+    pub fn prefill_with_snapshots(
+        &self,
+        cache: &mut KvCache,
+        prompt: &[u32],
+        snapshot_at: &[usize],
+        cancel: &CancelToken,
+    ) -> Result<Option<Vec<f32>>> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidRequest("empty prompt".into()));
         }
-        // Keep at least the last prompt token to run: its logits start decoding.
-        let reuse = cache.common_prefix_len(prompt).min(prompt.len() - 1);
+        // Keep at least the last prompt token to run: its logits start
+        // decoding. A hybrid cache may resume earlier than the common prefix
+        // (at its latest snapshot within it).
+        let reuse = cache.common_prefix_len(&prompt[..prompt.len() - 1]);
         cache.truncate(reuse);
+        let reuse = cache.len();
+        let mut stops: Vec<usize> = Vec::new();
+        if self.model.has_recurrent_layers() {
+            stops.extend(
+                snapshot_at
+                    .iter()
+                    .copied()
+                    .filter(|&p| p > reuse && p < prompt.len()),
+            );
+            stops.push(prompt.len() - 1);
+        }
+        stops.push(prompt.len());
+        stops.sort_unstable();
+        stops.dedup();
         let mut logits = None;
-        for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
-            if cancel.is_cancelled() {
-                return Ok(None);
+        let mut at = reuse;
+        for stop in stops {
+            if stop == at && stop < prompt.len() {
+                cache.snapshot();
+                continue;
             }
-            logits = Some(self.model.forward(chunk, cache)?);
+            for chunk in prompt[at..stop].chunks(PREFILL_CHUNK) {
+                if cancel.is_cancelled() {
+                    return Ok(None);
+                }
+                logits = Some(self.model.forward(chunk, cache)?);
+            }
+            at = stop;
+            if stop < prompt.len() {
+                cache.snapshot();
+            }
         }
         let logits = logits.expect("at least one token to run");
         Ok(Some(logits.to_vec1::<f32>()?))
@@ -360,7 +407,10 @@ impl Engine {
             });
         }
         let mut sampler = Sampler::new(params.sampling)?;
-        let cached_tokens = cache.common_prefix_len(prompt).min(prompt.len() - 1);
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("empty prompt".into()));
+        }
+        let cached_tokens = cache.common_prefix_len(&prompt[..prompt.len() - 1]);
         let mut timings = Timings {
             prompt_tokens: prompt.len(),
             cached_tokens,
@@ -372,7 +422,9 @@ impl Engine {
             stop_reason,
             timings,
         };
-        let Some(mut logits) = self.prefill(cache, prompt, cancel)? else {
+        let Some(mut logits) =
+            self.prefill_with_snapshots(cache, prompt, &params.snapshot_at, cancel)?
+        else {
             timings.prefill_ms = ms(start.elapsed());
             return Ok(finish(
                 String::new(),

@@ -12,6 +12,17 @@
 //! it is first written, so only positions really written are resident and
 //! growing never copies (a growing `Vec` would hold its old and new buffers
 //! at once, and the allocator would keep the old one's pages).
+//!
+//! A hybrid model's recurrent layers (Qwen 3.5's Gated DeltaNet) keep a
+//! [`RecurrentState`] instead: a fixed-size summary of every position so
+//! far, which cannot be cut back to an arbitrary prefix. The cache therefore
+//! keeps snapshots of those states at chosen positions (the engine takes
+//! them at `cache_control` breakpoints and at the end of each prompt), and
+//! for a hybrid cache "the prefix it can resume from" is the longest of the
+//! held positions and the snapshots that the new prompt shares. Snapshots
+//! are bounded in number ([`KvCache::with_snapshot_limit`]), the least
+//! recently used dropped first, and count in [`KvCache::allocated_bytes`],
+//! so the server's memory budget bounds them too.
 
 use candle_core::Tensor;
 use half::f16;
@@ -210,6 +221,42 @@ impl LayerKv {
     }
 }
 
+/// One recurrent layer's state after the held positions: the last
+/// `kernel - 1` convolution inputs and the delta rule's per-head matrices.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RecurrentState {
+    pub conv: Vec<f32>,
+    pub ssm: Vec<f32>,
+}
+
+impl RecurrentState {
+    fn bytes(&self) -> usize {
+        (self.conv.len() + self.ssm.len()) * std::mem::size_of::<f32>()
+    }
+}
+
+/// Every recurrent layer's state after the first `len` positions.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    len: usize,
+    layers: Vec<Option<RecurrentState>>,
+    /// When it was taken or last resumed from, for eviction.
+    last_used: u64,
+}
+
+impl Snapshot {
+    fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(RecurrentState::bytes)
+            .sum()
+    }
+}
+
+/// Snapshots a hybrid cache keeps unless told otherwise.
+pub const DEFAULT_SNAPSHOT_LIMIT: usize = 8;
+
 /// Cached keys and values for every layer, for the token ids in `tokens`.
 /// Not `Clone`: tensors share storage, so copies must go through [`KvCache::fork`].
 pub struct KvCache {
@@ -217,6 +264,13 @@ pub struct KvCache {
     tokens: Vec<u32>,
     max_len: usize,
     row_type: KvCacheType,
+    /// Recurrent layers' states after `tokens`, by layer (`None` for
+    /// attention layers and for a model without recurrent layers).
+    recurrent: Vec<Option<RecurrentState>>,
+    /// Recurrent states at earlier positions, by position.
+    snapshots: Vec<Snapshot>,
+    snapshot_limit: usize,
+    clock: u64,
 }
 
 impl KvCache {
@@ -227,7 +281,92 @@ impl KvCache {
             tokens: Vec::new(),
             max_len,
             row_type: KvCacheType::default(),
+            recurrent: (0..n_layers).map(|_| None).collect(),
+            snapshots: Vec::new(),
+            snapshot_limit: DEFAULT_SNAPSHOT_LIMIT,
+            clock: 0,
         }
+    }
+
+    /// This cache, keeping at most `limit` recurrent-state snapshots.
+    pub fn with_snapshot_limit(mut self, limit: usize) -> Self {
+        self.snapshot_limit = limit;
+        self.snapshots.truncate(limit);
+        self
+    }
+
+    /// Whether a recurrent layer keeps state here (a hybrid model's cache).
+    pub fn is_hybrid(&self) -> bool {
+        self.recurrent.iter().any(Option::is_some)
+    }
+
+    /// Positions at which recurrent-state snapshots are held, ascending.
+    pub fn snapshot_positions(&self) -> Vec<usize> {
+        self.snapshots.iter().map(|s| s.len).collect()
+    }
+
+    /// Keeps the recurrent layers' state at the current position, so a later
+    /// prompt sharing only this prefix resumes here. Does nothing for a
+    /// cache without recurrent layers, or when one is held here already.
+    pub fn snapshot(&mut self) {
+        if !self.is_hybrid() || self.snapshot_limit == 0 {
+            return;
+        }
+        let len = self.len();
+        self.clock += 1;
+        let clock = self.clock;
+        match self.snapshots.binary_search_by_key(&len, |s| s.len) {
+            Ok(i) => self.snapshots[i].last_used = clock,
+            Err(i) => {
+                self.snapshots.insert(
+                    i,
+                    Snapshot {
+                        len,
+                        layers: self.recurrent.clone(),
+                        last_used: clock,
+                    },
+                );
+                while self.snapshots.len() > self.snapshot_limit {
+                    let oldest = self
+                        .snapshots
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, s)| s.last_used)
+                        .map(|(i, _)| i)
+                        .expect("more snapshots than the limit");
+                    self.snapshots.remove(oldest);
+                }
+            }
+        }
+    }
+
+    /// The longest resumable prefix no longer than `len`: `len` itself for a
+    /// cache without recurrent state, else the held length when `len`
+    /// reaches it, else the latest snapshot at or before `len`.
+    fn resumable(&self, len: usize) -> usize {
+        if !self.is_hybrid() || len >= self.len() {
+            return len.min(self.len());
+        }
+        self.snapshots
+            .iter()
+            .rev()
+            .map(|s| s.len)
+            .find(|&at| at <= len)
+            .unwrap_or(0)
+    }
+
+    /// The recurrent state of `layer`, zeroed (the state before any token)
+    /// with the given sizes the first time.
+    pub(crate) fn recurrent_mut(
+        &mut self,
+        layer: usize,
+        conv: usize,
+        ssm: usize,
+    ) -> &mut RecurrentState {
+        self.recurrent[layer].get_or_insert_with(|| RecurrentState {
+            conv: vec![0.0; conv],
+            ssm: vec![0.0; ssm],
+        })
     }
 
     /// This cache, holding the engine's CPU attention rows as `row_type`.
@@ -256,23 +395,52 @@ impl KvCache {
         &self.tokens
     }
 
-    /// Length of the longest common prefix of the cached tokens and `tokens`.
+    /// Length of the longest prefix of `tokens` this cache can resume from:
+    /// the common prefix of the cached tokens and `tokens`, or for a hybrid
+    /// cache the longest of the held positions and the snapshots within it.
     pub fn common_prefix_len(&self, tokens: &[u32]) -> usize {
-        self.tokens
+        let common = self
+            .tokens
             .iter()
             .zip(tokens)
             .take_while(|(a, b)| a == b)
-            .count()
+            .count();
+        self.resumable(common)
     }
 
-    /// Forgets every position from `len` on. Later appends overwrite them.
+    /// Forgets every position from `len` on; later appends overwrite them. A
+    /// hybrid cache goes back to the latest position at or before `len` it
+    /// can resume from (see [`KvCache::common_prefix_len`]), restoring the
+    /// recurrent state of that snapshot; [`KvCache::len`] says where.
     pub fn truncate(&mut self, len: usize) {
+        if len >= self.len() {
+            return;
+        }
+        if self.is_hybrid() {
+            let at = self.resumable(len);
+            self.snapshots.retain(|s| s.len <= at);
+            self.clock += 1;
+            match self.snapshots.last_mut().filter(|s| s.len == at) {
+                Some(snapshot) => {
+                    snapshot.last_used = self.clock;
+                    self.recurrent = snapshot.layers.clone();
+                }
+                None => {
+                    debug_assert_eq!(at, 0);
+                    self.recurrent.iter_mut().for_each(|r| *r = None);
+                }
+            }
+            self.tokens.truncate(at);
+            return;
+        }
         self.tokens.truncate(len);
     }
 
-    /// Forgets everything.
+    /// Forgets everything, snapshots included.
     pub fn clear(&mut self) {
         self.tokens.clear();
+        self.recurrent.iter_mut().for_each(|r| *r = None);
+        self.snapshots.clear();
     }
 
     /// An independent copy of the held positions (later appends to either
@@ -282,9 +450,26 @@ impl KvCache {
     }
 
     /// An independent copy of the first `len` held positions: what a second
-    /// conversation sharing only that prefix continues from.
+    /// conversation sharing only that prefix continues from. A hybrid cache
+    /// copies the latest resumable prefix at or before `len` instead, with
+    /// the snapshots inside it.
     pub fn fork_prefix(&self, len: usize) -> Result<Self> {
-        let len = len.min(self.len());
+        let len = self.resumable(len);
+        let (recurrent, snapshots) = if len == self.len() {
+            (self.recurrent.clone(), self.snapshots.clone())
+        } else {
+            let kept: Vec<Snapshot> = self
+                .snapshots
+                .iter()
+                .filter(|s| s.len <= len)
+                .cloned()
+                .collect();
+            let state = match kept.last().filter(|s| s.len == len) {
+                Some(s) => s.layers.clone(),
+                None => self.recurrent.iter().map(|_| None).collect(),
+            };
+            (state, kept)
+        };
         let layers = self
             .layers
             .iter()
@@ -300,12 +485,32 @@ impl KvCache {
             tokens: self.tokens[..len].to_vec(),
             max_len: self.max_len,
             row_type: self.row_type,
+            recurrent,
+            snapshots,
+            snapshot_limit: self.snapshot_limit,
+            clock: self.clock,
         })
     }
 
-    /// Bytes of key/value storage allocated.
+    /// Bytes of key/value storage allocated, with recurrent states and
+    /// their snapshots.
     pub fn allocated_bytes(&self) -> usize {
-        self.layers.iter().flatten().map(LayerKv::bytes).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(LayerKv::bytes)
+            .sum::<usize>()
+            + self.recurrent_bytes()
+    }
+
+    /// Bytes of recurrent state: the current one and the snapshots.
+    pub fn recurrent_bytes(&self) -> usize {
+        self.recurrent
+            .iter()
+            .flatten()
+            .map(RecurrentState::bytes)
+            .sum::<usize>()
+            + self.snapshots.iter().map(Snapshot::bytes).sum::<usize>()
     }
 
     fn check_room(&self, seq: usize) -> Result<usize> {

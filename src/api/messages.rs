@@ -99,6 +99,7 @@ async fn create_message(
             max_tokens,
             sampling,
             stop_sequences,
+            snapshot_at: prompt.breakpoints.iter().map(|b| b.tokens).collect(),
         },
         constraint,
         cancel: cancel.clone(),

@@ -171,9 +171,7 @@ fn run_job(engine: &Engine, prompt_cache: &mut PromptCache, mut job: Job, stats:
             return;
         }
     };
-    let cached_tokens = kv
-        .common_prefix_len(&job.prompt)
-        .min(job.prompt.len().saturating_sub(1));
+    let cached_tokens = kv.common_prefix_len(&job.prompt[..job.prompt.len().saturating_sub(1)]);
     let _ = job.events.send(WorkerEvent::Started { cached_tokens });
     let events = job.events.clone();
     let cancel = job.cancel.clone();

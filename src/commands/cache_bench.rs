@@ -35,7 +35,11 @@ pub fn run(args: CacheBenchArgs) -> Result<()> {
         let new_tokens = cached.prompt_tokens - cached.cache_read_tokens;
         println!(
             "| {:>4} | {:>13} | {:>10} | {:>18} | {:>16.0} | {:>18.0} | {:>16.1}% |",
-            cached.turn,
+            if cached.side {
+                "side".to_string()
+            } else {
+                cached.turn.to_string()
+            },
             cached.prompt_tokens,
             cached.cache_read_tokens,
             format!(

@@ -36,6 +36,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             seed: args.seed,
         },
         stop_sequences: args.stop_sequences.clone(),
+        snapshot_at: Vec::new(),
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;

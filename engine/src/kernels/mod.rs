@@ -23,6 +23,7 @@ mod packed;
 pub mod pool;
 mod portable;
 pub mod quantize;
+pub mod recurrent;
 #[cfg(test)]
 mod tests;
 

@@ -386,3 +386,112 @@ fn split_q8(bytes: &[u8], block: usize, head: usize) -> (Vec<i8>, Vec<f32>, Vec<
     }
     (qs, d, s)
 }
+
+/// Random values in `-1..1`.
+fn random_values(n: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+#[test]
+fn the_causal_convolution_matches_its_reference_and_chunks_equal_one_shot() {
+    use super::recurrent::{causal_conv_silu, causal_conv_silu_reference, ConvShape};
+    let mut rng = StdRng::seed_from_u64(7);
+    let shape = ConvShape {
+        channels: 40,
+        kernel: 4,
+    };
+    let taps = random_values(4 * 40, &mut rng);
+    let x = random_values(9 * 40, &mut rng);
+    let (mut state, mut reference_state) = (vec![0f32; 3 * 40], vec![0f32; 3 * 40]);
+    let (mut out, mut reference) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+    causal_conv_silu(shape, &taps, &mut state, &x, &mut out);
+    causal_conv_silu_reference(shape, &taps, &mut reference_state, &x, &mut reference);
+    // Same additions in the same order: the same bits.
+    assert_eq!(out, reference);
+    assert_eq!(state, reference_state);
+    assert_eq!(
+        &state[..],
+        &x[6 * 40..],
+        "the state keeps the last three inputs"
+    );
+    // Two tokens, then one, then six: the state carries the window across.
+    let mut chunked_state = vec![0f32; 3 * 40];
+    let mut chunked = vec![0f32; x.len()];
+    for range in [0..2, 2..3, 3..9] {
+        let (a, b) = (range.start * 40, range.end * 40);
+        causal_conv_silu(
+            shape,
+            &taps,
+            &mut chunked_state,
+            &x[a..b],
+            &mut chunked[a..b],
+        );
+    }
+    assert_eq!(chunked, out);
+    assert_eq!(chunked_state, state);
+}
+
+#[test]
+fn the_gated_delta_rule_matches_its_reference_on_every_tier_and_thread_count() {
+    use super::recurrent::{gated_delta_rule, gated_delta_rule_reference, DeltaShape};
+    let mut rng = StdRng::seed_from_u64(11);
+    let shape = DeltaShape {
+        heads: 4,
+        key_heads: 2,
+        dim: 36, // not a multiple of 8: the remainder loop runs too
+    };
+    let seq = 5;
+    let q = random_values(seq * 2 * 36, &mut rng);
+    let k = random_values(seq * 2 * 36, &mut rng);
+    let v = random_values(seq * 4 * 36, &mut rng);
+    let g: Vec<f32> = (0..seq * 4).map(|_| rng.random_range(-2.0..0.0)).collect();
+    let beta: Vec<f32> = (0..seq * 4).map(|_| rng.random_range(0.0..1.0)).collect();
+    let start = random_values(4 * 36 * 36, &mut rng);
+    let mut reference_state = start.clone();
+    let mut reference = vec![0f32; seq * 4 * 36];
+    gated_delta_rule_reference(
+        shape,
+        &q,
+        &k,
+        &v,
+        &g,
+        &beta,
+        &mut reference_state,
+        &mut reference,
+    );
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs reference {y}"
+            );
+        }
+    };
+    for threads in [1, 2, 3] {
+        let pool = Pool::new(threads);
+        let mut state = start.clone();
+        let mut out = vec![0f32; reference.len()];
+        gated_delta_rule(shape, &q, &k, &v, &g, &beta, &mut state, &mut out, &pool);
+        close(&out, &reference, "output");
+        close(&state, &reference_state, "state");
+        // Token by token from the same start: the same bits as all at once.
+        let mut stepped_state = start.clone();
+        let mut stepped = vec![0f32; reference.len()];
+        for t in 0..seq {
+            let (kq, vq, gh) = (2 * 36, 4 * 36, 4);
+            gated_delta_rule(
+                shape,
+                &q[t * kq..(t + 1) * kq],
+                &k[t * kq..(t + 1) * kq],
+                &v[t * vq..(t + 1) * vq],
+                &g[t * gh..(t + 1) * gh],
+                &beta[t * gh..(t + 1) * gh],
+                &mut stepped_state,
+                &mut stepped[t * vq..(t + 1) * vq],
+                &pool,
+            );
+        }
+        assert_eq!(stepped, out, "{threads} threads");
+        assert_eq!(stepped_state, state, "{threads} threads");
+    }
+}

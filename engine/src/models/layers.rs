@@ -216,6 +216,12 @@ impl RotaryEmbedding {
         Self { inv_freq }
     }
 
+    /// Rotary embeddings with these inverse frequencies, one per pair
+    /// (a zero leaves its pair unrotated).
+    pub(crate) fn from_inv_freq(inv_freq: Vec<f32>) -> Self {
+        Self { inv_freq }
+    }
+
     /// Tables for positions `offset .. offset + seq`.
     pub(crate) fn tables(&self, offset: usize, seq: usize, device: &Device) -> Result<RopeTables> {
         let half = self.inv_freq.len();
@@ -250,6 +256,23 @@ impl RopeTables {
                 &self.sin_rows[t * h..(t + 1) * h],
                 style == RopeStyle::Interleaved,
             );
+        }
+    }
+
+    /// Rotates the first `2 · half` values of every `head_dim`-wide head of
+    /// token-major rows `x` as NeoX pairs (`i`, `i + half`), leaving the rest
+    /// of each head as it is (partial rotary embeddings).
+    pub(crate) fn rotate_rows_partial(&self, x: &mut [f32], seq: usize, head_dim: usize) {
+        let h = self.half;
+        for (t, row) in x.chunks_exact_mut(x.len() / seq).enumerate() {
+            for head in row.chunks_exact_mut(head_dim) {
+                kernels::elementwise::rope(
+                    &mut head[..2 * h],
+                    &self.cos_rows[t * h..(t + 1) * h],
+                    &self.sin_rows[t * h..(t + 1) * h],
+                    false,
+                );
+            }
         }
     }
 
@@ -697,7 +720,7 @@ struct Bias {
 }
 
 /// `[seq][heads][d]` → `[heads][seq][d]`.
-fn heads_outermost(x: &[f32], seq: usize, heads: usize, d: usize) -> Vec<f32> {
+pub(crate) fn heads_outermost(x: &[f32], seq: usize, heads: usize, d: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for t in 0..seq {
         for h in 0..heads {

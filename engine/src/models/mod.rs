@@ -9,6 +9,7 @@ pub(crate) mod layers;
 pub mod llama;
 mod moe;
 pub mod qwen3;
+pub mod qwen35;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -18,7 +19,15 @@ use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
 
 /// Architectures the engine can load, by `general.architecture`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "qwen3moe"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama",
+    "gemma3",
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
+    "qwen35",
+    "qwen35moe",
+];
 
 /// Facts about a loaded model, for reports and the models page.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +58,8 @@ pub enum Model {
     Gemma3(gemma3::Model),
     /// Qwen 2 / 2.5 and Qwen 3, dense or MoE.
     Qwen3(qwen3::Model),
+    /// Qwen 3.5 / 3.6, the Gated DeltaNet hybrid, dense or MoE.
+    Qwen35(qwen35::Model),
 }
 
 impl Model {
@@ -60,6 +71,7 @@ impl Model {
             "qwen2" | "qwen3" | "qwen3moe" => {
                 Ok(Self::Qwen3(qwen3::Model::from_gguf(gguf, device)?))
             }
+            "qwen35" | "qwen35moe" => Ok(Self::Qwen35(qwen35::Model::from_gguf(gguf, device)?)),
             other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -80,6 +92,15 @@ impl Model {
             Self::Llama(m) => m.forward(tokens, cache)?,
             Self::Gemma3(m) => m.forward(tokens, cache)?,
             Self::Qwen3(m) => m.forward(tokens, cache)?,
+            Self::Qwen35(m) => match m.forward(tokens, cache) {
+                Ok(logits) => logits,
+                Err(err) => {
+                    // The recurrent state has absorbed part of `tokens`:
+                    // it no longer matches the held positions.
+                    cache.clear();
+                    return Err(err);
+                }
+            },
         };
         cache.commit(tokens);
         Ok(logits)
@@ -92,7 +113,14 @@ impl Model {
             Self::Llama(m) => m.decoder().runs_fused(),
             Self::Gemma3(m) => m.decoder().runs_fused(),
             Self::Qwen3(m) => m.decoder().runs_fused(),
+            Self::Qwen35(m) => m.runs_fused(),
         }
+    }
+
+    /// Whether the model keeps recurrent state (a hybrid such as Qwen 3.5),
+    /// whose cache resumes only from held positions and snapshots.
+    pub fn has_recurrent_layers(&self) -> bool {
+        matches!(self, Self::Qwen35(_))
     }
 
     /// An empty cache sized for this model and `context_length` positions.
@@ -106,6 +134,7 @@ impl Model {
             Self::Llama(m) => m.info(),
             Self::Gemma3(m) => m.info(),
             Self::Qwen3(m) => m.info(),
+            Self::Qwen35(m) => m.info(),
         }
     }
 
@@ -117,6 +146,7 @@ impl Model {
             Self::Llama(m) => m.expert_rows(),
             Self::Gemma3(_) => Vec::new(),
             Self::Qwen3(m) => m.expert_rows(),
+            Self::Qwen35(m) => m.expert_rows(),
         }
     }
 
@@ -126,6 +156,7 @@ impl Model {
             Self::Llama(m) => m.device(),
             Self::Gemma3(m) => m.device(),
             Self::Qwen3(m) => m.device(),
+            Self::Qwen35(m) => m.device(),
         }
     }
 }
