@@ -313,7 +313,7 @@ fn path_models_are_pinned_on_first_use_and_refused_once_changed() {
 
 /// Builds an Ollama store entry: a manifest for `name` (relative to `manifests/`)
 /// whose model layer names `digest`, and a blob holding `blob`.
-fn ollama_model(env: &TestEnv, name: &str, digest: &str, blob: &[u8]) {
+pub(crate) fn ollama_model(env: &TestEnv, name: &str, digest: &str, blob: &[u8]) {
     let manifest = format!(
         r#"{{
   "schemaVersion": 2,

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use crate::qwen35_gen::{write_qwen35, Qwen35Spec};
 use crate::util::{
     committee_prompt as prompt, engine_logits as logits, follow_llama_cpp, generate_cold, greedy,
-    relative_l2,
+    relative_l2, sha256_hex, TestEnv,
 };
 
 struct Files {
@@ -308,4 +308,68 @@ fn candles_matmuls_stay_near_the_engines_kernels() {
         );
         assert!(worst < bound, "{}: {worst}", path.display());
     }
+}
+
+/// `showdown bench-cache` on the generated qwen35moe file, through the real
+/// server over loopback: with the prompt cache, each later turn resumes from
+/// the state before the previous prompt's last token (the answer itself is
+/// replaced by the agent's scripted step, so the cache cannot resume after
+/// it), and the side request, which shares only the system prompt and
+/// tools, resumes from the snapshot at its `cache_control` breakpoint;
+/// without the cache nothing is read.
+#[test]
+fn bench_cache_serves_warm_turns_and_a_side_request_from_snapshots() {
+    let env = TestEnv::new();
+    let model = format!("path:{}", files().moe.display());
+    let run = env
+        .showdown_embedded(&["bench-cache", "-m", &model, "--turns", "3", "--json"])
+        .success();
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let rows = |key: &str| report[key].as_array().unwrap().clone();
+    let (cached, uncached) = (rows("cached"), rows("uncached"));
+    assert_eq!(cached.len(), 4);
+    let field = |row: &serde_json::Value, key: &str| row[key].as_u64().unwrap();
+    for turn in 1..3 {
+        let (before, row) = (&cached[turn - 1], &cached[turn]);
+        assert_eq!(
+            field(row, "cache_read_tokens"),
+            field(before, "prompt_tokens") - 1,
+            "turn {}",
+            turn + 1
+        );
+    }
+    let side = &cached[3];
+    assert_eq!(side["side"], true);
+    let read = field(side, "cache_read_tokens");
+    // The system prompt and tools are about 2,400 tokens; the question differs.
+    assert!(read > 2000 && read < field(side, "prompt_tokens"), "{side}");
+    assert!(uncached.iter().all(|r| field(r, "cache_read_tokens") == 0));
+}
+
+/// An `ollama:` reference to a qwen35moe blob in Ollama's store layout
+/// resolves, verifies and loads, and `models info`-style facts come out of
+/// the engine: the seed's `qwen3.6:35b-a3b` name, on the generated file.
+#[test]
+fn an_ollama_reference_to_a_qwen35moe_blob_loads_and_generates() {
+    let env = TestEnv::new();
+    let blob = std::fs::read(&files().moe).unwrap();
+    let digest = sha256_hex(&blob);
+    crate::models::ollama_model(
+        &env,
+        "registry.ollama.ai/library/qwen3.6/35b-a3b",
+        &digest,
+        &blob,
+    );
+    let run = env
+        .showdown_embedded(&[
+            "generate",
+            "-m",
+            "ollama:qwen3.6:35b-a3b",
+            "--raw",
+            "--max-tokens",
+            "4",
+            "The committee met on Tuesday",
+        ])
+        .success();
+    assert!(!run.stdout.trim().is_empty(), "{}", run.stderr);
 }

@@ -135,16 +135,22 @@ impl AppState {
                 config.queue_depth,
             )
             .context("starting an engine thread")?;
+            let tool_format = resolved
+                .tool_call_format
+                .as_deref()
+                .map(crate::tools::ToolCallFormat::from_name)
+                .transpose()
+                .with_context(|| format!("model {}", resolved.name))?
+                .or_else(|| {
+                    crate::tools::ToolCallFormat::for_architecture(
+                        &engine.model().info().architecture,
+                    )
+                });
             models.push(Arc::new(ServedModel {
                 name: resolved.name.clone(),
                 sha256: resolved.sha256.clone(),
                 engine,
-                tool_format: resolved
-                    .tool_call_format
-                    .as_deref()
-                    .map(crate::tools::ToolCallFormat::from_name)
-                    .transpose()
-                    .with_context(|| format!("model {}", resolved.name))?,
+                tool_format,
                 grammar_env: std::sync::OnceLock::new(),
                 worker,
             }));

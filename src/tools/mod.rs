@@ -98,6 +98,17 @@ impl ToolCallFormat {
         }
     }
 
+    /// The format a model of GGUF architecture `architecture` is taught by
+    /// its family's chat template, for a model `models.toml` does not list
+    /// (a local file, an Ollama blob).
+    pub fn for_architecture(architecture: &str) -> Option<Self> {
+        match architecture {
+            "llama" | "qwen2" | "qwen3" | "qwen3moe" | "qwen35" | "qwen35moe" => Some(Self::Hermes),
+            "gemma3" => Some(Self::Gemma),
+            _ => None,
+        }
+    }
+
     /// The format's name, as in `models.toml`.
     pub fn name(&self) -> &'static str {
         match self {
