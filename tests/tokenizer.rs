@@ -309,6 +309,7 @@ fn chat_template_gemma_matches_jinja2() {
             messages: &case.messages,
             tools: None,
             add_generation_prompt: case.add_generation_prompt,
+            enable_thinking: false,
             bos_token: &info.bos_token,
             eos_token: &info.eos_token,
         })

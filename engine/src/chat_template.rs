@@ -39,6 +39,12 @@ pub struct ChatTemplateInput<'a> {
     pub tools: Option<&'a [serde_json::Value]>,
     /// Whether to open the assistant's turn at the end.
     pub add_generation_prompt: bool,
+    /// For templates with a thinking switch (Qwen 3, Qwen 3.5 / 3.6 read
+    /// `enable_thinking`): whether the opened turn lets the model think
+    /// first. showdown renders `false`: clients get the answer itself, as
+    /// the Messages API gives it without `thinking` (which is accepted and
+    /// ignored), and an eval's word limit counts only the answer.
+    pub enable_thinking: bool,
     /// The tokenizer's BOS text.
     pub bos_token: &'a str,
     /// The tokenizer's EOS text.
@@ -208,6 +214,7 @@ impl ChatTemplate {
             messages: &messages,
             tools: Some(&tools),
             add_generation_prompt: true,
+            enable_thinking: false,
             bos_token: "",
             eos_token: "",
         });
@@ -265,6 +272,7 @@ mod tests {
                 messages: &[],
                 tools: None,
                 add_generation_prompt: false,
+                enable_thinking: false,
                 bos_token: "",
                 eos_token: "",
             })
@@ -284,6 +292,7 @@ mod tests {
                 messages: &messages,
                 tools: None,
                 add_generation_prompt: true,
+                enable_thinking: false,
                 bos_token: "<bos>",
                 eos_token: "<eos>",
             })

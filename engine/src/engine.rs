@@ -290,6 +290,7 @@ impl Engine {
             messages,
             tools,
             add_generation_prompt,
+            enable_thinking: false,
             bos_token: self.tokenizer.bos_token().unwrap_or(""),
             eos_token: self.tokenizer.eos_token().unwrap_or(""),
         })
