@@ -516,24 +516,42 @@ fn tools_render_round_trip() {
     assert!(ToolCallFormat::from_name("nope").is_err());
 }
 
+/// A forced call to a tool whose parameters are all typed (SmolLM2 rambles
+/// inside a free string value, which the grammar allows): complete, and
+/// valid for the schema.
 #[test]
 fn tools_qwen35_forced_tool_yields_one_valid_call() {
-    let tools = tools();
+    let mut tools = tools();
+    tools.push(ToolDefinition {
+        name: "set_timer".into(),
+        description: Some("Start a countdown timer".into()),
+        input_schema: json!({
+            "type": "object",
+            "properties": {
+                "minutes": {"type": "integer", "minimum": 1, "maximum": 60},
+                "sound": {"type": "string", "enum": ["beep", "chime"]},
+                "loud": {"type": "boolean"},
+            },
+            "required": ["minutes", "sound", "loud"],
+        }),
+    });
     let out = run(
         ToolCallFormat::Qwen35,
         &tools,
-        ToolChoice::Tool("get_weather".into()),
+        ToolChoice::Tool("set_timer".into()),
         true,
-        "What's the weather like in Paris for the next 3 days?",
-        80,
+        "Set a loud timer for 5 minutes.",
+        100,
     );
     let calls = out.calls();
     assert_eq!(calls.len(), 1, "one call in {:?}", out.text);
-    assert_eq!(calls[0].name, "get_weather");
+    assert_eq!(calls[0].name, "set_timer");
     assert_valid_calls(&calls, &tools);
+    assert!(calls[0].input["loud"].is_boolean(), "{:?}", calls[0]);
     assert!(
         out.text
-            .starts_with("<tool_call>\n<function=get_weather>\n<parameter=city>\n"),
+            .starts_with("<tool_call>\n<function=set_timer>\n<parameter=minutes>\n")
+            && out.text.ends_with("</function>\n</tool_call>"),
         "{:?}",
         out.text
     );
@@ -569,7 +587,11 @@ fn tools_qwen35_sampled_calls_parse_back() {
         );
         let calls = out.calls();
         assert!(!calls.is_empty(), "seed {seed}: a call in {:?}", out.text);
-        assert!(out.text.starts_with("<tool_call>\n<function="), "{:?}", out.text);
+        assert!(
+            out.text.starts_with("<tool_call>\n<function="),
+            "{:?}",
+            out.text
+        );
         for event in &out.events {
             assert!(
                 !matches!(event, ParsedEvent::Text(_)),
@@ -644,7 +666,8 @@ fn tools_qwen35_constraint_rejects_a_disallowed_tool() {
 
 fn qwen35_template() -> String {
     std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/templates/Qwen3.5-4B.jinja"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/templates/Qwen3.5-4B.jinja"),
     )
     .expect("read the vendored Qwen 3.5 template")
 }
@@ -661,8 +684,7 @@ fn tools_qwen35_prompt_renders_as_its_template() {
         template: TemplateChoice::Source(source.clone()),
         ..LoadOptions::default()
     };
-    let engine =
-        Engine::load(&pinned_model_path("smollm2-135m"), &options).expect("load SmolLM2");
+    let engine = Engine::load(&pinned_model_path("smollm2-135m"), &options).expect("load SmolLM2");
     assert!(engine.chat_template().unwrap().renders_tools());
     let template = ChatTemplate::new(&source).unwrap();
     let defined = tools();
@@ -690,9 +712,7 @@ fn tools_qwen35_prompt_renders_as_its_template() {
         .collect();
     let weather = json!({"city": "São Paulo\nBrazil", "days": 3, "unit": "celsius"});
     let bash = json!({"command": "ls -l", "timeout": 1.5, "env": {"A": "1"}, "flags": ["-a", 2], "dry": true});
-    let call = |name: &str, input: &Value| {
-        json!({"type": "function", "function": {"name": name, "arguments": input}})
-    };
+    let call = |name: &str, input: &Value| json!({"type": "function", "function": {"name": name, "arguments": input}});
     let cases = [
         // One turn of two calls, both results and a new question in the next message.
         (

@@ -274,7 +274,8 @@ fn call_closing(format: ToolCallFormat) -> String {
 /// A value is `\n</parameter>\n`-terminated: a string (only `string` among
 /// its types, or several types with `string`, or none said) is any text
 /// without `</parameter>`, an `enum` or `const` one of its values (strings
-/// as they are, others as JSON); other types are JSON matching the
+/// as they are, others as JSON), a boolean JSON's or Python's (`True`, as
+/// the template writes it); other types are JSON matching the
 /// property's schema, on one line with `", "` and `": "` separators, as
 /// [`ToolCallFormat::render_tool_calls`] writes them.
 fn xml_call_rule(
@@ -349,6 +350,12 @@ fn xml_value(env: &ToolGrammarEnv, property: &Value) -> Option<String> {
     };
     if types.is_empty() || types.contains(&"string") {
         return Some("XML_STRING_VALUE".to_string());
+    }
+    if types == ["boolean"] {
+        // JSON's, or Python's as the template writes them in history.
+        return Some(format!(
+            "(\"true\" | \"false\" | \"True\" | \"False\") {close}"
+        ));
     }
     let mut schema = match property {
         Value::Object(fields) => fields.clone(),

@@ -211,11 +211,12 @@ impl ToolCallFormat {
     ///
     /// In `qwen35`, as Qwen 3.5's template writes `tool_calls`: one
     /// `<parameter=KEY>\nVALUE\n</parameter>\n` per input field, in order; a
-    /// string value as it is, any other value as JSON (one line, `", "` and
-    /// `": "` separators; the template writes objects and arrays with
-    /// `tojson` and scalars with `string`, which under minijinja gives the
-    /// same text for numbers and booleans; `null` is written `null`, not
-    /// minijinja's `none`, so that it parses back).
+    /// string value as it is, a boolean as `True`/`False`, any other value as
+    /// JSON (one line, `", "` and `": "` separators). The template writes
+    /// objects and arrays with `tojson` and other values with `string`, which
+    /// gives Python's `True`/`False` (under jinja2 and the engine's
+    /// minijinja alike) and the same text for numbers; `null` is written
+    /// `null`, not the template's `None`/`none`, so that it parses back.
     pub fn render_tool_calls(&self, calls: &[ToolCall]) -> String {
         calls
             .iter()
@@ -293,6 +294,9 @@ fn xml_call_body(call: &ToolCall) -> String {
             out.push_str(&format!("<parameter={key}>\n"));
             match value {
                 Value::String(text) => out.push_str(text),
+                // The template's `string` filter writes Python's booleans.
+                Value::Bool(true) => out.push_str("True"),
+                Value::Bool(false) => out.push_str("False"),
                 other => write_json(other, &mut out),
             }
             out.push_str("\n</parameter>\n");

@@ -38,7 +38,8 @@
 //!   alternatives first too;
 //! - declared without a type, or not declared (or the tool is unknown): the
 //!   text parsed as JSON if it is plainly not a string (an object, array,
-//!   number, `true`, `false` or `null`), else the text.
+//!   number, `true`, `false` or `null`; `True` and `False`, as the template
+//!   writes booleans, too), else the text.
 //!
 //! A `<tool_call>` not followed by `<function=NAME>` is not a call: it is
 //! sent as text, markers included, at its `</tool_call>` or at the end of
@@ -471,9 +472,13 @@ fn typed_value(text: &str, kind: &Kind) -> Value {
                 _ => raw(),
             }
         }
-        Kind::Loose => match serde_json::from_str::<Value>(trimmed) {
-            Ok(Value::String(_)) | Err(_) => raw(),
-            Ok(value) => value,
+        Kind::Loose => match trimmed {
+            "True" => Value::Bool(true),
+            "False" => Value::Bool(false),
+            _ => match serde_json::from_str::<Value>(trimmed) {
+                Ok(Value::String(_)) | Err(_) => raw(),
+                Ok(value) => value,
+            },
         },
     }
 }
@@ -639,7 +644,10 @@ mod tests {
                 "get_weather",
                 json!({"city": "São Paulo", "days": 3, "unit": "celsius"}),
             ),
-            call("write", json!({"path": "a.rs", "content": "fn main() {}\n"})),
+            call(
+                "write",
+                json!({"path": "a.rs", "content": "fn main() {}\n"}),
+            ),
         ];
         let output = format!(
             "Let me check. ✓\n\n{}",
@@ -660,7 +668,10 @@ mod tests {
         );
         assert_eq!(
             parse(output),
-            expected_events(None, &[call("get_weather", json!({"city": "Paris", "days": 2}))])
+            expected_events(
+                None,
+                &[call("get_weather", json!({"city": "Paris", "days": 2}))]
+            )
         );
     }
 
@@ -678,11 +689,12 @@ mod tests {
             <parameter=text>\n007\n</parameter>\n\
             <parameter=extra>\n{\"k\": true}\n</parameter>\n\
             <parameter=quoted>\n\"hi\"\n</parameter>\n\
+            <parameter=flag>\nFalse\n</parameter>\n\
             </function>\n</tool_call>";
         let input = json!({
             "n": 42, "x": -1500.0, "ok": true, "obj": {"a": [1, null]}, "list": ["x", "y"],
             "either": "abc", "maybe": null, "free": 7, "text": "007", "extra": {"k": true},
-            "quoted": "\"hi\"",
+            "quoted": "\"hi\"", "flag": false,
         });
         let expected = expected_events(None, &[call("typed", input)]);
         check_all_splits_with(&new_parser, "<tool_call>", output, &expected);
@@ -704,8 +716,12 @@ mod tests {
     /// each side goes), and the other markers may appear in a string.
     #[test]
     fn qwen35_multiline_string_values() {
-        let content = "\nfirst line\n\n  </function>\n</tool_call>\n<tool_call>\n<parameter=x>\nlast\n";
-        let calls = [call("write", json!({"path": "notes.md", "content": content}))];
+        let content =
+            "\nfirst line\n\n  </function>\n</tool_call>\n<tool_call>\n<parameter=x>\nlast\n";
+        let calls = [call(
+            "write",
+            json!({"path": "notes.md", "content": content}),
+        )];
         let output = ToolCallFormat::Qwen35.render_tool_calls(&calls);
         assert!(output.contains("<parameter=content>\n\nfirst line"));
         check_all_splits_with(
@@ -811,7 +827,8 @@ mod tests {
     #[test]
     fn qwen35_missing_end_markers() {
         // No `</tool_call>` after `</function>`: at the end, or before text.
-        let output = "<tool_call>\n<function=write>\n<parameter=path>\na\n</parameter>\n</function>";
+        let output =
+            "<tool_call>\n<function=write>\n<parameter=path>\na\n</parameter>\n</function>";
         let expected = expected_events(None, &[call("write", json!({"path": "a"}))]);
         check_all_splits_with(&new_parser, "<tool_call>", output, &expected);
         let mut expected = expected.clone();
