@@ -45,8 +45,9 @@ mod store;
 mod tools;
 
 pub use api::{
-    app as server_app, render_request_prompt, serve, serve_on, serve_with, ApiError, AppState,
-    OutputEvent, OutputParser, PromptCacheConfig, ServeConfig, ServedModel, ToolPromptFormat,
+    app as server_app, render_request_prompt, render_request_prompt_injected, serve, serve_on,
+    serve_with, ApiError, AppState, OutputEvent, OutputParser, PromptCacheConfig, ServeConfig,
+    ServedModel, ToolPromptFormat,
 };
 pub use bench::{
     describe as describe_bench_model, run_test as run_bench_test, BenchModel, BenchResult,

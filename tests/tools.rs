@@ -10,7 +10,10 @@ use showdown::{
     ParsedEvent, ToolCall, ToolCallConstraint, ToolCallFormat, ToolChoice, ToolDefinition,
     ToolGrammarEnv,
 };
-use showdown_engine::{CancelToken, Engine, LoadOptions, TokenConstraint};
+use showdown_engine::{
+    CancelToken, ChatTemplate, ChatTemplateInput, Engine, LoadOptions, SamplingParams,
+    TemplateChoice, TokenConstraint,
+};
 
 use crate::util::{greedy, pinned_model_path};
 
@@ -123,6 +126,25 @@ fn run(
     user: &str,
     max_tokens: usize,
 ) -> Outcome {
+    run_with(
+        format,
+        tools,
+        choice,
+        disable_parallel,
+        user,
+        &greedy(max_tokens),
+    )
+}
+
+/// [`run`] with these generation parameters.
+fn run_with(
+    format: ToolCallFormat,
+    tools: &[ToolDefinition],
+    choice: ToolChoice,
+    disable_parallel: bool,
+    user: &str,
+    params: &showdown_engine::GenerateParams,
+) -> Outcome {
     let engine = smollm2();
     let system = format!(
         "You are a helpful assistant.\n\n{}",
@@ -149,13 +171,13 @@ fn run(
         inner: &mut constraint,
         mask_ms: Vec::new(),
     };
-    let mut parser = format.parser();
+    let mut parser = format.parser_for(tools);
     let mut events = Vec::new();
     let generation = engine
         .generate_constrained(
             &mut engine.new_cache(),
             &prompt,
-            &greedy(max_tokens),
+            params,
             Some(&mut timed),
             &CancelToken::new(),
             |piece| events.extend(parser.push(piece)),
@@ -404,7 +426,11 @@ fn assert_rendered_calls_accepted(engine: &Engine, env: &ToolGrammarEnv, format:
         );
         assert!(logits[logits.len() - 1].is_infinite(), "beyond the vocab");
         // The turn may end after a complete call, never inside one.
-        let between_calls = before.ends_with(&format!("}}\n{}", format.call_end()));
+        let closing = match format {
+            ToolCallFormat::Qwen35 => "</function>\n",
+            _ => "}\n",
+        };
+        let between_calls = before.ends_with(&format!("{closing}{}", format.call_end()));
         for &stop in engine.tokenizer().stop_tokens() {
             assert_eq!(
                 logits[stop as usize].is_finite(),
@@ -425,6 +451,7 @@ fn assert_rendered_calls_accepted(engine: &Engine, env: &ToolGrammarEnv, format:
 #[test]
 fn tools_rendered_call_is_accepted_token_by_token() {
     assert_rendered_calls_accepted(smollm2(), grammar_env(), ToolCallFormat::Hermes);
+    assert_rendered_calls_accepted(smollm2(), grammar_env(), ToolCallFormat::Qwen35);
 }
 
 /// Gemma's SentencePiece tokenizer: byte-fallback tokens and `▁` spaces.
@@ -448,7 +475,11 @@ fn tools_rendered_call_is_accepted_by_gemma_tokens() {
 
 #[test]
 fn tools_render_round_trip() {
-    for format in [ToolCallFormat::Hermes, ToolCallFormat::Gemma] {
+    for format in [
+        ToolCallFormat::Hermes,
+        ToolCallFormat::Gemma,
+        ToolCallFormat::Qwen35,
+    ] {
         let calls = vec![
             ToolCall {
                 name: "bash".into(),
@@ -460,7 +491,7 @@ fn tools_render_round_trip() {
             },
         ];
         let text = format!("I'll do it.\n{}", format.render_tool_calls(&calls));
-        let mut parser = format.parser();
+        let mut parser = format.parser_for(&tools());
         let mut events = parser.push(&text);
         events.extend(parser.finish());
         let parsed: Vec<ToolCall> = events
@@ -476,9 +507,296 @@ fn tools_render_round_trip() {
         assert!(result.contains("Error: boom"));
         let prompt = format.tools_system_prompt(&tools());
         assert!(
-            prompt.contains("\"name\":\"get_weather\"") && prompt.contains(format.call_start())
+            (prompt.contains("\"name\":\"get_weather\"")
+                || prompt.contains("\"name\": \"get_weather\""))
+                && prompt.contains(format.call_start())
         );
         assert_eq!(ToolCallFormat::from_name(format.name()).unwrap(), format);
     }
     assert!(ToolCallFormat::from_name("nope").is_err());
+}
+
+/// A forced call to a tool whose parameters are all typed (SmolLM2 rambles
+/// inside a free string value, which the grammar allows): complete, and
+/// valid for the schema.
+#[test]
+fn tools_qwen35_forced_tool_yields_one_valid_call() {
+    let mut tools = tools();
+    tools.push(ToolDefinition {
+        name: "set_timer".into(),
+        description: Some("Start a countdown timer".into()),
+        input_schema: json!({
+            "type": "object",
+            "properties": {
+                "minutes": {"type": "integer", "minimum": 1, "maximum": 60},
+                "sound": {"type": "string", "enum": ["beep", "chime"]},
+                "loud": {"type": "boolean"},
+            },
+            "required": ["minutes", "sound", "loud"],
+        }),
+    });
+    let out = run(
+        ToolCallFormat::Qwen35,
+        &tools,
+        ToolChoice::Tool("set_timer".into()),
+        true,
+        "Set a loud timer for 5 minutes.",
+        100,
+    );
+    let calls = out.calls();
+    assert_eq!(calls.len(), 1, "one call in {:?}", out.text);
+    assert_eq!(calls[0].name, "set_timer");
+    assert_valid_calls(&calls, &tools);
+    assert!(calls[0].input["loud"].is_boolean(), "{:?}", calls[0]);
+    assert!(
+        out.text
+            .starts_with("<tool_call>\n<function=set_timer>\n<parameter=minutes>\n")
+            && out.text.ends_with("</function>\n</tool_call>"),
+        "{:?}",
+        out.text
+    );
+    assert!(
+        !out.events.iter().any(|e| matches!(e, ParsedEvent::Text(_))),
+        "forced call has no text: {:?}",
+        out.events
+    );
+}
+
+/// Sampled output under `any` (several seeds, parallel calls allowed) is
+/// always calls the parser reads back, valid for their tools.
+#[test]
+fn tools_qwen35_sampled_calls_parse_back() {
+    let tools = tools();
+    for seed in 1..=3 {
+        let params = showdown_engine::GenerateParams {
+            sampling: SamplingParams {
+                temperature: 1.0,
+                top_k: 40,
+                top_p: 0.95,
+                seed,
+            },
+            ..greedy(160)
+        };
+        let out = run_with(
+            ToolCallFormat::Qwen35,
+            &tools,
+            ToolChoice::Any,
+            false,
+            "Read README.md, then tell me the weather in Oslo.",
+            &params,
+        );
+        let calls = out.calls();
+        assert!(!calls.is_empty(), "seed {seed}: a call in {:?}", out.text);
+        assert!(
+            out.text.starts_with("<tool_call>\n<function="),
+            "{:?}",
+            out.text
+        );
+        for event in &out.events {
+            assert!(
+                !matches!(event, ParsedEvent::Text(_)),
+                "seed {seed}: only calls under `any`: {:?}",
+                out.events
+            );
+        }
+        // A call the output completed satisfies its schema (one cut off at
+        // max_tokens may miss parameters).
+        let complete = out.text.matches("</function>").count();
+        assert_valid_calls(&calls[..complete.min(calls.len())], &tools);
+    }
+}
+
+/// Under `tool_choice: tool`, another tool's name is masked; under `none`
+/// the call marker never comes out.
+#[test]
+fn tools_qwen35_constraint_rejects_a_disallowed_tool() {
+    let engine = smollm2();
+    let tokenizer = engine.tokenizer();
+    assert!(ToolCallConstraint::with_env(
+        grammar_env(),
+        ToolCallFormat::Qwen35,
+        &tools(),
+        &ToolChoice::Tool("nope".into()),
+        false,
+        tokenizer,
+    )
+    .is_err());
+    let forced = |choice: ToolChoice, text: &str| -> bool {
+        let mut constraint = ToolCallConstraint::with_env(
+            grammar_env(),
+            ToolCallFormat::Qwen35,
+            &tools(),
+            &choice,
+            false,
+            tokenizer,
+        )
+        .unwrap();
+        let ids = tokenizer.inner().encode(text, false).unwrap();
+        let mut logits = vec![0.0f32; tokenizer.vocab_size()];
+        for &token in ids.get_ids() {
+            logits.fill(0.0);
+            constraint.mask(&mut logits).unwrap();
+            if !logits[token as usize].is_finite() {
+                return false;
+            }
+            constraint.accept(token).unwrap();
+        }
+        true
+    };
+    let good = "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n";
+    assert!(forced(ToolChoice::Tool("get_weather".into()), good));
+    assert!(!forced(
+        ToolChoice::Tool("get_weather".into()),
+        "<tool_call>\n<function=bash>\n"
+    ));
+    assert!(forced(ToolChoice::Any, "<tool_call>\n<function=bash>\n"));
+    assert!(!forced(ToolChoice::Any, "<tool_call>\n<function=rm_rf>\n"));
+    // A required parameter cannot be skipped, an integer must be one.
+    assert!(!forced(
+        ToolChoice::Any,
+        "<tool_call>\n<function=get_weather>\n<parameter=days>\n"
+    ));
+    assert!(!forced(
+        ToolChoice::Any,
+        &format!("{good}<parameter=days>\nthree")
+    ));
+    assert!(!forced(ToolChoice::None, "Sure. <tool_call>"));
+    assert!(forced(ToolChoice::None, "Sure. <tool_"));
+}
+
+fn qwen35_template() -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/templates/Qwen3.5-4B.jinja"),
+    )
+    .expect("read the vendored Qwen 3.5 template")
+}
+
+/// A Messages request with tools, calls and results written by showdown's
+/// `qwen35` conventions renders through Qwen 3.5's template exactly as the
+/// template renders the same conversation given structured `tools`,
+/// `tool_calls` and `tool` messages (and so does the request through the
+/// template's own tool rendering).
+#[test]
+fn tools_qwen35_prompt_renders_as_its_template() {
+    let source = qwen35_template();
+    let options = LoadOptions {
+        template: TemplateChoice::Source(source.clone()),
+        ..LoadOptions::default()
+    };
+    let engine = Engine::load(&pinned_model_path("smollm2-135m"), &options).expect("load SmolLM2");
+    assert!(engine.chat_template().unwrap().renders_tools());
+    let template = ChatTemplate::new(&source).unwrap();
+    let defined = tools();
+    let wire_tools: Vec<Value> = defined
+        .iter()
+        .map(|t| {
+            let mut tool = json!({"name": t.name, "input_schema": t.input_schema});
+            if let Some(description) = &t.description {
+                tool["description"] = json!(description);
+            }
+            tool
+        })
+        .collect();
+    let template_tools: Vec<Value> = defined
+        .iter()
+        .map(|t| {
+            let mut function = serde_json::Map::new();
+            function.insert("name".into(), json!(t.name));
+            if let Some(description) = &t.description {
+                function.insert("description".into(), json!(description));
+            }
+            function.insert("parameters".into(), t.input_schema.clone());
+            json!({"type": "function", "function": function})
+        })
+        .collect();
+    let weather = json!({"city": "São Paulo\nBrazil", "days": 3, "unit": "celsius"});
+    let bash = json!({"command": "ls -l", "timeout": 1.5, "env": {"A": "1"}, "flags": ["-a", 2], "dry": true});
+    let call = |name: &str, input: &Value| json!({"type": "function", "function": {"name": name, "arguments": input}});
+    let cases = [
+        // One turn of two calls, both results and a new question in the next message.
+        (
+            json!([
+                {"role": "user", "content": "Weather in São Paulo, and list the files?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking both."},
+                    {"type": "tool_use", "id": "t1", "name": "get_weather", "input": weather},
+                    {"type": "tool_use", "id": "t2", "name": "bash", "input": bash},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "Sunny, 21°C\n"},
+                    {"type": "tool_result", "tool_use_id": "t2", "content": "boom", "is_error": true},
+                    {"type": "text", "text": "Thanks. And Rome?"},
+                ]},
+            ]),
+            vec![
+                json!({"role": "system", "content": "You are terse."}),
+                json!({"role": "user", "content": "Weather in São Paulo, and list the files?"}),
+                json!({"role": "assistant", "content": "Checking both.", "tool_calls": [
+                    call("get_weather", &weather), call("bash", &bash),
+                ]}),
+                json!({"role": "tool", "name": "get_weather", "content": "Sunny, 21°C\n"}),
+                json!({"role": "tool", "name": "bash", "content": "Error: boom"}),
+                json!({"role": "user", "content": "Thanks. And Rome?"}),
+            ],
+        ),
+        // Steps of calls after the last query (the template thinks there),
+        // a call without text, ending on a result.
+        (
+            json!([
+                {"role": "user", "content": "Read a.rs then run it."},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "read_file", "input": {"path": "a.rs"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "fn main() {}"},
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Now running it."},
+                    {"type": "tool_use", "id": "t2", "name": "bash", "input": {"command": "cargo run"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t2", "content": [{"type": "text", "text": "ok"}]},
+                ]},
+            ]),
+            vec![
+                json!({"role": "system", "content": "You are terse."}),
+                json!({"role": "user", "content": "Read a.rs then run it."}),
+                json!({"role": "assistant", "content": "", "tool_calls": [
+                    call("read_file", &json!({"path": "a.rs"})),
+                ]}),
+                json!({"role": "tool", "name": "read_file", "content": "fn main() {}"}),
+                json!({"role": "assistant", "content": "Now running it.", "tool_calls": [
+                    call("bash", &json!({"command": "cargo run"})),
+                ]}),
+                json!({"role": "tool", "name": "bash", "content": "ok"}),
+            ],
+        ),
+    ];
+    for (messages, structured) in cases {
+        let body = json!({
+            "model": "m",
+            "max_tokens": 16,
+            "system": "You are terse.",
+            "tools": wire_tools,
+            "messages": messages,
+        });
+        let expected = template
+            .render(&ChatTemplateInput {
+                messages: &structured,
+                tools: Some(&template_tools),
+                add_generation_prompt: true,
+                bos_token: "",
+                eos_token: "",
+            })
+            .unwrap();
+        let injected =
+            showdown::render_request_prompt_injected(&engine, &body, ToolCallFormat::Qwen35)
+                .unwrap();
+        assert_eq!(injected, expected, "showdown's qwen35 conventions");
+        let native =
+            showdown::render_request_prompt(&engine, &body, Some(ToolCallFormat::Qwen35)).unwrap();
+        assert_eq!(native, expected, "the template's own tool rendering");
+        assert!(expected.contains("<tool_call>\n<function="), "{expected}");
+    }
 }

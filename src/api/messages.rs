@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::extract::ApiJson;
 use super::output::{BlockAssembler, BlockEvent, OutputParser, PlainText};
 use super::prompt::{build_prompt, Breakpoint, Prompt};
-use super::tool_use::{constraint_for, FormatAdapter, ParserAdapter};
+use super::tool_use::{constraint_for, parser_for, FormatAdapter};
 use super::wire::{
     ContentBlock, ContentBlockParam, MessageContent, MessageResponse, MessagesRequest, Role,
     ToolChoiceParam, ToolResultBlock, ToolResultContent, Usage,
@@ -67,6 +67,7 @@ async fn create_message(
     let (constraint, parser): (_, Box<dyn OutputParser>) = match model.tool_format {
         Some(format) if !request.tools.is_empty() => {
             let env = model.grammar_env()?;
+            let parser = parser_for(format, &request);
             let model = model.clone();
             let request = request.clone();
             let constraint = tokio::task::spawn_blocking(move || {
@@ -74,7 +75,7 @@ async fn create_message(
             })
             .await
             .map_err(|e| ApiError::internal(format!("building the tool grammar: {e}")))??;
-            (constraint, Box::new(ParserAdapter(Some(format.parser()))))
+            (constraint, Box::new(parser))
         }
         _ => (None, Box::new(PlainText)),
     };

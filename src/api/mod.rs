@@ -35,7 +35,7 @@ use showdown_engine::Engine;
 
 pub use error::ApiError;
 pub use output::{OutputEvent, OutputParser};
-pub use prompt::{render_request_prompt, ToolPromptFormat};
+pub use prompt::{render_request_prompt, render_request_prompt_injected, ToolPromptFormat};
 pub use prompt_cache::PromptCacheConfig;
 
 use crate::host_check::{check_host, AllowedHosts};

@@ -35,6 +35,12 @@ pub trait ToolPromptFormat {
     fn tool_calls(&self, calls: &[(String, Value)]) -> String;
     /// One tool result, written in the following user turn.
     fn tool_result(&self, name: Option<&str>, content: &str, is_error: bool) -> String;
+    /// `Some(separator)` when a message's tool results form a user turn of
+    /// their own (before the message's text, consecutive results joined by
+    /// `separator`); `None` when they are paragraphs of the user turn.
+    fn results_turn(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A cache breakpoint: the prompt's first `tokens` tokens are cacheable.
@@ -63,12 +69,24 @@ pub fn build_prompt(
     request: &MessagesRequest,
     tool_format: Option<&dyn ToolPromptFormat>,
 ) -> Result<Prompt, ApiError> {
+    build_prompt_with(engine, request, tool_format, false)
+}
+
+/// [`build_prompt`]; with `inject`, tools, calls and results are written in
+/// `tool_format` even where the chat template renders them itself.
+fn build_prompt_with(
+    engine: &Engine,
+    request: &MessagesRequest,
+    tool_format: Option<&dyn ToolPromptFormat>,
+    inject: bool,
+) -> Result<Prompt, ApiError> {
     let mut marks = Marks::default();
     let mut system = String::new();
 
-    let native = engine
-        .chat_template()
-        .is_some_and(|template| template.renders_tools());
+    let native = !inject
+        && engine
+            .chat_template()
+            .is_some_and(|template| template.renders_tools());
     let mut tools_json = Vec::new();
     if !request.tools.is_empty() {
         let format = tool_format.ok_or_else(|| {
@@ -270,13 +288,34 @@ pub fn render_request_prompt(
     body: &Value,
     tool_format: Option<crate::tools::ToolCallFormat>,
 ) -> Result<String, ApiError> {
+    render_prompt(engine, body, tool_format, false)
+}
+
+/// [`render_request_prompt`] with tools, calls and results written in
+/// `tool_format`'s conventions even where the chat template renders them
+/// itself: for tests that hold a format to the template that teaches it.
+pub fn render_request_prompt_injected(
+    engine: &Engine,
+    body: &Value,
+    tool_format: crate::tools::ToolCallFormat,
+) -> Result<String, ApiError> {
+    render_prompt(engine, body, Some(tool_format), true)
+}
+
+fn render_prompt(
+    engine: &Engine,
+    body: &Value,
+    tool_format: Option<crate::tools::ToolCallFormat>,
+    inject: bool,
+) -> Result<String, ApiError> {
     let request: MessagesRequest = serde_json::from_value(body.clone())
         .map_err(|e| ApiError::invalid(format!("request: {e}")))?;
     let format = tool_format.map(super::tool_use::FormatAdapter);
-    let prompt = build_prompt(
+    let prompt = build_prompt_with(
         engine,
         &request,
         format.as_ref().map(|f| f as &dyn ToolPromptFormat),
+        inject,
     )?;
     Ok(prompt.text)
 }
@@ -385,12 +424,12 @@ fn injected_conversation(
 ) -> Result<(Vec<Value>, Option<String>), ApiError> {
     let mut turns = conversation_turns(messages, tool_format, marks)?;
     let prefill = match turns.last() {
-        Some((Role::Assistant, _)) => turns.pop().map(|(_, text)| text),
+        Some((Role::Assistant, _, _)) => turns.pop().map(|(_, text, _)| text),
         _ => None,
     };
     let history = turns
         .into_iter()
-        .map(|(role, text)| {
+        .map(|(role, text, _)| {
             let role = match role {
                 Role::User | Role::System => "user",
                 Role::Assistant => "assistant",
@@ -550,21 +589,23 @@ fn template_conversation(
     Ok((out, prefill))
 }
 
-/// The conversation as (role, text) turns: consecutive turns of one role
-/// merged, `system` notes folded into the following turn (never hoisted to the
-/// front, which would change the prompt's start every turn), tool calls and
-/// results written in the tool format.
+/// The conversation as (role, text, whether it is a turn of tool results)
+/// turns: consecutive turns of one role merged, `system` notes folded into
+/// the following turn (never hoisted to the front, which would change the
+/// prompt's start every turn), tool calls and results written in the tool
+/// format (results as a turn of their own where the format says so).
 fn conversation_turns(
     messages: &[InputMessage],
     tool_format: Option<&dyn ToolPromptFormat>,
     marks: &mut Marks,
-) -> Result<Vec<(Role, String)>, ApiError> {
+) -> Result<Vec<(Role, String, bool)>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid(
             "messages: at least one message is required",
         ));
     }
-    let mut turns: Vec<(Role, String)> = Vec::new();
+    let results_turn = tool_format.and_then(|format| format.results_turn());
+    let mut turns: Vec<(Role, String, bool)> = Vec::new();
     let mut pending_system: Option<String> = None;
     // Tool calls of the latest assistant turn: id -> name.
     let mut open_calls: Vec<(String, String)> = Vec::new();
@@ -573,6 +614,7 @@ fn conversation_turns(
         let mut calls: Vec<(String, Value)> = Vec::new();
         let mut call_ids = Vec::new();
         let mut calls_mark: Option<CacheControl> = None;
+        let mut results = String::new();
         match &message.content {
             MessageContent::Text(t) => text.push_str(t),
             MessageContent::Blocks(blocks) => {
@@ -644,11 +686,24 @@ fn conversation_turns(
                                 ApiError::invalid("this model has no tool-call format")
                             })?;
                             let body = tool_result_text(content.as_ref());
-                            push_paragraph(
-                                &mut text,
-                                &format.tool_result(Some(&name), &body, is_error.unwrap_or(false)),
-                            );
-                            cache_control
+                            let result =
+                                format.tool_result(Some(&name), &body, is_error.unwrap_or(false));
+                            match results_turn {
+                                None => {
+                                    push_paragraph(&mut text, &result);
+                                    cache_control
+                                }
+                                Some(separator) => {
+                                    if !results.is_empty() {
+                                        results.push_str(separator);
+                                    }
+                                    results.push_str(&result);
+                                    if let Some(cc) = cache_control {
+                                        marks.mark(&mut results, cc);
+                                    }
+                                    &None
+                                }
+                            }
                         }
                         ContentBlockParam::Thinking {}
                         | ContentBlockParam::RedactedThinking {}
@@ -688,19 +743,34 @@ fn conversation_turns(
             push_paragraph(&mut folded, &text);
             text = folded;
         }
+        let had_results = !results.is_empty();
+        if had_results {
+            let separator = results_turn.unwrap_or_default();
+            match turns.last_mut() {
+                Some((Role::User, previous, true)) => {
+                    previous.push_str(separator);
+                    previous.push_str(&results);
+                }
+                _ => turns.push((Role::User, results, true)),
+            }
+        }
         match turns.last_mut() {
-            Some((role, previous)) if *role == message.role => push_paragraph(previous, &text),
-            _ => turns.push((message.role, text)),
+            // A message of only results: no text turn after them.
+            _ if had_results && text.is_empty() => {}
+            Some((role, previous, false)) if *role == message.role => {
+                push_paragraph(previous, &text)
+            }
+            _ => turns.push((message.role, text, false)),
         }
         if message.role == Role::User {
             open_calls.clear();
         }
     }
     if let Some(note) = pending_system {
-        // A trailing system note joins the last turn.
+        // A trailing system note joins the last turn (not a turn of results).
         match turns.last_mut() {
-            Some((_, previous)) => push_paragraph(previous, &note),
-            None => turns.push((Role::User, note)),
+            Some((_, previous, false)) => push_paragraph(previous, &note),
+            _ => turns.push((Role::User, note, false)),
         }
     }
     Ok(turns)

@@ -44,6 +44,10 @@ impl ToolPromptFormat for FormatAdapter {
     fn tool_result(&self, name: Option<&str>, content: &str, is_error: bool) -> String {
         self.0.render_tool_result(name, content, is_error)
     }
+
+    fn results_turn(&self) -> Option<&'static str> {
+        self.0.results_turn()
+    }
 }
 
 /// The format's streaming parser, as the block assembler reads it.
@@ -79,6 +83,28 @@ impl OutputParser for ParserAdapter {
     }
 }
 
+/// The tools a request offers.
+pub fn definitions(request: &MessagesRequest) -> Vec<ToolDefinition> {
+    request
+        .tools
+        .iter()
+        .map(|t| ToolDefinition {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            input_schema: t
+                .input_schema
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+        })
+        .collect()
+}
+
+/// The parser of `format` for a request's output (it types `qwen35`
+/// parameters by the request's tools' schemas).
+pub fn parser_for(format: ToolCallFormat, request: &MessagesRequest) -> ParserAdapter {
+    ParserAdapter(Some(format.parser_for(&definitions(request))))
+}
+
 /// The choice a request makes, and whether parallel calls are off.
 pub fn choice_of(request: &MessagesRequest) -> (ToolChoice, bool) {
     match &request.tool_choice {
@@ -107,18 +133,7 @@ pub fn constraint_for(
     if request.tools.is_empty() {
         return Ok(None);
     }
-    let definitions: Vec<ToolDefinition> = request
-        .tools
-        .iter()
-        .map(|t| ToolDefinition {
-            name: t.name.clone(),
-            description: t.description.clone(),
-            input_schema: t
-                .input_schema
-                .clone()
-                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
-        })
-        .collect();
+    let definitions = definitions(request);
     let (choice, disable_parallel) = choice_of(request);
     let constraint = ToolCallConstraint::with_env(
         env,

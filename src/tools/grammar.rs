@@ -6,6 +6,10 @@
 //! Built on llguidance: a Lark grammar per request, with the call JSON as
 //! `%json` schemas. The call JSON is written on one line with `", "` and
 //! `": "` separators (as [`ToolCallFormat::render_tool_calls`] writes it).
+//! In `qwen35` a call is XML: `<tool_call>\n<function=NAME>\n`, the
+//! parameters as `<parameter=KEY>\nVALUE\n</parameter>\n`, then
+//! `</function>\n</tool_call>`, each value a string or `%json` by its
+//! property's schema (see `xml_call_rule`).
 //!
 //! - `Any` / `Tool(name)`: call marker, JSON, end marker; then (unless
 //!   parallel calls are disabled) more calls, each on a new line; then the
@@ -117,18 +121,30 @@ impl ToolCallConstraint {
             _ => tools.iter().collect(),
         };
         let mut fallbacks = Vec::new();
-        let mut schemas = Vec::new();
-        for tool in &offered {
+        let mut bodies = Vec::new();
+        let mut rules = String::new();
+        for (i, tool) in offered.iter().enumerate() {
+            if format == ToolCallFormat::Qwen35 {
+                let (body, fell_back) = xml_call_rule(env, i, tool, &mut rules);
+                if fell_back {
+                    fallbacks.push(tool.name.clone());
+                }
+                bodies.push(body);
+                continue;
+            }
             let schema = call_schema(&tool.name, &lenient(&tool.input_schema));
-            let lark = format!("start: %json {schema}");
-            if env.matcher(&lark).is_ok() {
-                schemas.push(schema);
+            if compiles(env, &schema) {
+                bodies.push(format!("%json {schema}"));
             } else {
                 fallbacks.push(tool.name.clone());
-                schemas.push(call_schema(&tool.name, &json!({"type": "object"})));
+                let schema = call_schema(&tool.name, &json!({"type": "object"}));
+                bodies.push(format!("%json {schema}"));
             }
         }
-        let lark = lark_grammar(format, &schemas, choice, disable_parallel_tool_use);
+        let mut lark = lark_grammar(format, &bodies, choice, disable_parallel_tool_use);
+        if !bodies.is_empty() && !matches!(choice, ToolChoice::None) {
+            lark.push_str(&rules);
+        }
         let matcher = env.matcher(&lark)?;
         Ok(Self {
             matcher,
@@ -233,9 +249,144 @@ fn regex_escape(text: &str) -> String {
     out
 }
 
+/// Whether llguidance compiles `schema`.
+fn compiles(env: &ToolGrammarEnv, schema: &Value) -> bool {
+    env.matcher(&format!("start: %json {schema}")).is_ok()
+}
+
+/// What a call's body ends with after its tool's rule: the end marker
+/// (`hermes`, `gemma`: after a newline; `qwen35`: after `</function>`).
+fn call_closing(format: ToolCallFormat) -> String {
+    match format {
+        ToolCallFormat::Qwen35 => format!("</function>\n{}", format.call_end()),
+        _ => format!("\n{}", format.call_end()),
+    }
+}
+
+/// The Lark rule of one `qwen35` call to `tool` (`<function=NAME>\n`, then
+/// its parameters; the caller adds `</function>` and the end marker), its
+/// helper rules appended to `rules`, and whether a parameter's schema fell
+/// back to any text.
+///
+/// Parameters are written in the schema's `properties` order, the required
+/// ones always, the others optionally; no undeclared parameter, unless the
+/// schema declares none (and does not forbid them): then any parameters.
+/// A value is `\n</parameter>\n`-terminated: a string (only `string` among
+/// its types, or several types with `string`, or none said) is any text
+/// without `</parameter>`, an `enum` or `const` one of its values (strings
+/// as they are, others as JSON), a boolean JSON's or Python's (`True`, as
+/// the template writes it); other types are JSON matching the
+/// property's schema, on one line with `", "` and `": "` separators, as
+/// [`ToolCallFormat::render_tool_calls`] writes them.
+fn xml_call_rule(
+    env: &ToolGrammarEnv,
+    index: usize,
+    tool: &ToolDefinition,
+    rules: &mut String,
+) -> (String, bool) {
+    let schema = lenient(&tool.input_schema);
+    let mut body = lark_string(&format!("<function={}>\n", tool.name));
+    let mut fell_back = false;
+    let properties = schema.get("properties").and_then(Value::as_object);
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
+    match properties {
+        Some(properties) if !properties.is_empty() => {
+            for (j, (key, property)) in properties.iter().enumerate() {
+                let rule = format!("tool_{index}_{j}");
+                let open = lark_string(&format!("<parameter={key}>\n"));
+                let value = match xml_value(env, property) {
+                    Some(value) => value,
+                    None => {
+                        fell_back = true;
+                        "XML_STRING_VALUE".to_string()
+                    }
+                };
+                rules.push_str(&format!("{rule}: {open} {value}\n"));
+                body.push(' ');
+                body.push_str(&rule);
+                if !required.contains(&key.as_str()) {
+                    body.push('?');
+                }
+            }
+        }
+        _ if !closed => body.push_str(" (\"<parameter=\" XML_NAME \">\\n\" XML_STRING_VALUE)*"),
+        _ => {}
+    }
+    (body, fell_back)
+}
+
+/// A `qwen35` parameter value and its `\n</parameter>\n`, or `None` when
+/// its schema does not compile (the caller takes any text).
+fn xml_value(env: &ToolGrammarEnv, property: &Value) -> Option<String> {
+    let close = lark_string(XML_VALUE_END);
+    let literal = |value: &Value| match value {
+        Value::String(text) => lark_string(text),
+        other => {
+            let mut json = String::new();
+            super::write_json(other, &mut json);
+            lark_string(&json)
+        }
+    };
+    if let Some(values) = property.get("enum").and_then(Value::as_array) {
+        if !values.is_empty() {
+            let alternatives: Vec<String> = values.iter().map(literal).collect();
+            return Some(format!("({}) {close}", alternatives.join(" | ")));
+        }
+    }
+    if let Some(value) = property.get("const") {
+        return Some(format!("{} {close}", literal(value)));
+    }
+    let types: Vec<&str> = match property.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(types)) => types.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if types.is_empty() || types.contains(&"string") {
+        return Some("XML_STRING_VALUE".to_string());
+    }
+    if types == ["boolean"] {
+        // JSON's, or Python's as the template writes them in history.
+        return Some(format!(
+            "(\"true\" | \"false\" | \"True\" | \"False\") {close}"
+        ));
+    }
+    let mut schema = match property {
+        Value::Object(fields) => fields.clone(),
+        _ => return Some("XML_STRING_VALUE".to_string()),
+    };
+    schema.insert(
+        "x-guidance".into(),
+        json!({
+            "whitespace_flexible": false,
+            "item_separator": ", ",
+            "key_separator": ": ",
+            "lenient": true,
+        }),
+    );
+    let schema = Value::Object(schema);
+    compiles(env, &schema).then(|| format!("%json {schema} {close}"))
+}
+
+/// What ends a `qwen35` parameter value.
+const XML_VALUE_END: &str = "\n</parameter>\n";
+
+/// The terminals of `qwen35` values: a string value is one lexeme, any text
+/// without `</parameter>` then `\n</parameter>\n`, so it ends at the first
+/// `</parameter>` as the parser reads it.
+const XML_TERMINALS: &str = "XML_STRING_VALUE: XML_TEXT \"\\n</parameter>\\n\"\n\
+     XML_TEXT: /(?s:.*)/ & ~/(?s:.*)<\\/parameter>(?s:.*)/\n\
+     XML_NAME: /[^<>\\n]+/\n";
+
 fn lark_grammar(
     format: ToolCallFormat,
-    schemas: &[Value],
+    bodies: &[String],
     choice: &ToolChoice,
     disable_parallel: bool,
 ) -> String {
@@ -244,7 +395,7 @@ fn lark_grammar(
         "TEXT: /(?s:.*)/ & ~/(?s:.*){}(?s:.*)/\n",
         regex_escape(start)
     );
-    if matches!(choice, ToolChoice::None) || schemas.is_empty() {
+    if matches!(choice, ToolChoice::None) || bodies.is_empty() {
         return format!("start: TEXT\n{no_marker}");
     }
     let mut lark = String::new();
@@ -269,14 +420,17 @@ fn lark_grammar(
         "call: {} call_body\n",
         lark_string(&format!("{start}\n"))
     ));
-    let alternatives: Vec<String> = (0..schemas.len()).map(|i| format!("tool_{i}")).collect();
+    let alternatives: Vec<String> = (0..bodies.len()).map(|i| format!("tool_{i}")).collect();
     lark.push_str(&format!(
         "call_body: ({}) {}\n",
         alternatives.join(" | "),
-        lark_string(&format!("\n{}", format.call_end()))
+        lark_string(&call_closing(format))
     ));
-    for (i, schema) in schemas.iter().enumerate() {
-        lark.push_str(&format!("tool_{i}: %json {schema}\n"));
+    for (i, body) in bodies.iter().enumerate() {
+        lark.push_str(&format!("tool_{i}: {body}\n"));
+    }
+    if format == ToolCallFormat::Qwen35 {
+        lark.push_str(XML_TERMINALS);
     }
     lark
 }

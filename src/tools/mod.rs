@@ -1,11 +1,13 @@
-//! Tool use for models whose chat templates know nothing about tools: how tool
-//! definitions, calls and results are written into the conversation (one
+//! Tool use: how tool definitions, calls and results are written into the
+//! conversation for models whose chat templates know nothing about tools (one
 //! [`ToolCallFormat`] per model family, named by `tool_call_format` in
 //! `models.toml`), a streaming [`ToolCallParser`] that turns model output back
 //! into text and calls, and [`ToolCallConstraint`], which makes the engine emit
-//! only well-formed calls to the tools offered, per `tool_choice`.
+//! only well-formed calls to the tools offered, per `tool_choice`. Parsing and
+//! the constraint follow the format also where the template renders tools.
 //!
-//! The conventions (also in the README, section "Tool calls"):
+//! The conventions (also in the README, section "Tool calls"); the tools
+//! section goes at the start of the system prompt, before its own text:
 //!
 //! - `hermes` (Qwen / NousResearch): tools are listed one JSON object a line
 //!   inside `<tools></tools>` in the system prompt; a call is
@@ -15,11 +17,21 @@
 //! - `gemma`: the same JSON in Markdown fences: tools in a ```` ```tools ````
 //!   block, a call is ```` ```tool_call\n{"name": ..., "arguments": ...}\n``` ````,
 //!   a result ```` ```tool_output\n...\n``` ````.
+//! - `qwen35` (Qwen 3.5 / 3.6, Qwen3-Coder): what Qwen 3.5's template writes,
+//!   byte for byte: its tools section (`# Tools`, each tool's JSON a line in
+//!   `<tools></tools>`, the XML format instructions and an `<IMPORTANT>`
+//!   reminder); a call is
+//!   `<tool_call>\n<function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>\n...</function>\n</tool_call>`
+//!   (a string value as it is, others as JSON), several separated by a
+//!   newline; results are `<tool_response>\n...\n</tool_response>`, one a
+//!   line, in a user turn of their own. Its parser (`xml.rs`) types values
+//!   by the tools' schemas.
 //!
 //! An error result is written as the result text prefixed by `Error: `.
 
 mod grammar;
 mod parser;
+mod xml;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -31,7 +43,7 @@ pub use parser::{ParsedEvent, ToolCallParser};
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     /// `tool_call_format` names no format showdown knows.
-    #[error("unknown tool call format `{0}` (known: hermes, gemma)")]
+    #[error("unknown tool call format `{0}` (known: hermes, gemma, qwen35)")]
     UnknownFormat(String),
     /// `tool_choice` names a tool that is not among the tools offered.
     #[error("tool_choice names `{0}`, which is not among the tools offered")]
@@ -86,14 +98,18 @@ pub enum ToolCallFormat {
     Hermes,
     /// ```` ```tool_call\n{json}\n``` ```` (Gemma 3).
     Gemma,
+    /// `<tool_call>\n<function=NAME>\n<parameter=ARG>\nVALUE\n</parameter>\n...`
+    /// (Qwen 3.5 / 3.6, Qwen3-Coder): the XML style their templates teach.
+    Qwen35,
 }
 
 impl ToolCallFormat {
-    /// The format named `name` in `models.toml` (`hermes`, `gemma`).
+    /// The format named `name` in `models.toml` (`hermes`, `gemma`, `qwen35`).
     pub fn from_name(name: &str) -> Result<Self, ToolError> {
         match name {
             "hermes" => Ok(Self::Hermes),
             "gemma" => Ok(Self::Gemma),
+            "qwen35" => Ok(Self::Qwen35),
             other => Err(ToolError::UnknownFormat(other.to_string())),
         }
     }
@@ -114,13 +130,14 @@ impl ToolCallFormat {
         match self {
             Self::Hermes => "hermes",
             Self::Gemma => "gemma",
+            Self::Qwen35 => "qwen35",
         }
     }
 
     /// The text that opens a call (the grammar writes a newline after it).
     pub fn call_start(&self) -> &'static str {
         match self {
-            Self::Hermes => "<tool_call>",
+            Self::Hermes | Self::Qwen35 => "<tool_call>",
             Self::Gemma => "```tool_call",
         }
     }
@@ -128,16 +145,23 @@ impl ToolCallFormat {
     /// The text that closes a call (the grammar writes a newline before it).
     pub fn call_end(&self) -> &'static str {
         match self {
-            Self::Hermes => "</tool_call>",
+            Self::Hermes | Self::Qwen35 => "</tool_call>",
             Self::Gemma => "```",
         }
     }
 
     /// System-prompt text that describes the tools and how to call them, for
-    /// chat templates without tool support (SmolLM2's, Gemma 3's): append it
-    /// to the system prompt.
+    /// chat templates without tool support (SmolLM2's, Gemma 3's): the prompt
+    /// builder writes it at the start of the system prompt, before the
+    /// system prompt's own text (separated by a blank line), which is where
+    /// Qwen 3.5's template writes its tools section too.
+    ///
+    /// `qwen35`'s is the text that template writes, byte for byte: each tool
+    /// as transformers passes it (`{"type": "function", "function": {"name",
+    /// "description", "parameters"}}`) through its `tojson` (one line,
+    /// `", "` and `": "` separators, keys in order).
     pub fn tools_system_prompt(&self, tools: &[ToolDefinition]) -> String {
-        let listing: Vec<String> = tools
+        let shaped: Vec<Value> = tools
             .iter()
             .map(|tool| {
                 let mut function = serde_json::Map::new();
@@ -146,28 +170,48 @@ impl ToolCallFormat {
                     function.insert("description".into(), json!(description));
                 }
                 function.insert("parameters".into(), tool.input_schema.clone());
-                json!({"type": "function", "function": function}).to_string()
+                json!({"type": "function", "function": function})
             })
             .collect();
-        let listing = listing.join("\n");
+        let listing = || {
+            shaped
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         match self {
+            Self::Qwen35 => {
+                let mut out = String::from(
+                    "# Tools\n\nYou have access to the following functions:\n\n<tools>",
+                );
+                for tool in &shaped {
+                    out.push('\n');
+                    write_json(tool, &mut out);
+                }
+                out.push_str("\n</tools>");
+                out.push_str(QWEN35_INSTRUCTIONS);
+                out
+            }
             Self::Hermes => format!(
                 "# Tools\n\n\
                  You may call one or more functions to assist with the user query.\n\n\
                  You are provided with function signatures within <tools></tools> XML tags:\n\
-                 <tools>\n{listing}\n</tools>\n\n\
+                 <tools>\n{}\n</tools>\n\n\
                  For each function call, return a json object with function name and arguments \
                  within <tool_call></tool_call> XML tags:\n\
-                 <tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>"
+                 <tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>",
+                listing()
             ),
             Self::Gemma => format!(
                 "# Tools\n\n\
                  You may call one or more functions to assist with the user query.\n\n\
                  The functions you can call are listed in this block, one JSON signature a line:\n\
-                 ```tools\n{listing}\n```\n\n\
+                 ```tools\n{}\n```\n\n\
                  To call a function, write a block like this, one block per call:\n\
                  ```tool_call\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n```\n\
-                 The results come back in ```tool_output blocks."
+                 The results come back in ```tool_output blocks.",
+                listing()
             ),
         }
     }
@@ -175,25 +219,35 @@ impl ToolCallFormat {
     /// How an assistant turn that made calls is written back into history,
     /// after any text of that turn: each call as the model writes it, one per
     /// line.
+    ///
+    /// In `qwen35`, as Qwen 3.5's template writes `tool_calls`: one
+    /// `<parameter=KEY>\nVALUE\n</parameter>\n` per input field, in order; a
+    /// string value as it is, a boolean as `True`/`False`, any other value as
+    /// JSON (one line, `", "` and `": "` separators). The template writes
+    /// objects and arrays with `tojson` and other values with `string`, which
+    /// gives Python's `True`/`False` (under jinja2 and the engine's
+    /// minijinja alike) and the same text for numbers; `null` is written
+    /// `null`, not the template's `None`/`none`, so that it parses back.
     pub fn render_tool_calls(&self, calls: &[ToolCall]) -> String {
         calls
             .iter()
             .map(|call| {
-                format!(
-                    "{}\n{}\n{}",
-                    self.call_start(),
-                    call_json(call),
-                    self.call_end()
-                )
+                let body = match self {
+                    Self::Qwen35 => xml_call_body(call),
+                    _ => call_json(call),
+                };
+                format!("{}\n{}\n{}", self.call_start(), body, self.call_end())
             })
             .collect::<Vec<_>>()
             .join("\n")
     }
 
     /// How one tool result is written into the following user turn (several
-    /// results: one after another, separated by a newline). An error result
-    /// is prefixed by `Error: `. The tool name is not written: both
-    /// conventions identify results by their order.
+    /// results: one after another, a blank line between them, or as
+    /// [`ToolCallFormat::results_turn`] says). An error result is prefixed by `Error: `. The tool
+    /// name is not written: all three conventions identify results by their
+    /// order. `qwen35` trims the result, as Qwen 3.5's template trims a tool
+    /// message's content.
     pub fn render_tool_result(
         &self,
         _tool_name: Option<&str>,
@@ -204,13 +258,63 @@ impl ToolCallFormat {
         match self {
             Self::Hermes => format!("<tool_response>\n{prefix}{content}\n</tool_response>"),
             Self::Gemma => format!("```tool_output\n{prefix}{content}\n```"),
+            Self::Qwen35 => {
+                let body = format!("{prefix}{content}");
+                format!("<tool_response>\n{}\n</tool_response>", body.trim())
+            }
         }
     }
 
-    /// A streaming parser of this format's model output.
-    pub fn parser(&self) -> ToolCallParser {
-        ToolCallParser::new(*self)
+    /// Whether tool results form a user turn of their own, apart from the
+    /// text of the user message that carries them, and if so what separates
+    /// consecutive results in it. `qwen35`: a newline, as its template
+    /// writes a run of tool messages (one user turn, which it tells from a
+    /// user query by its starting with `<tool_response>`). The others:
+    /// `None`, results are paragraphs of the user turn.
+    pub fn results_turn(&self) -> Option<&'static str> {
+        match self {
+            Self::Qwen35 => Some("\n"),
+            _ => None,
+        }
     }
+
+    /// A streaming parser of this format's model output, without the tools'
+    /// schemas (a `qwen35` parameter then stays a string unless it is
+    /// plainly JSON; see [`ToolCallFormat::parser_for`]).
+    pub fn parser(&self) -> ToolCallParser {
+        ToolCallParser::new(*self, &[])
+    }
+
+    /// A streaming parser of this format's model output for a request
+    /// offering `tools` (`qwen35` types parameter values by their schemas).
+    pub fn parser_for(&self, tools: &[ToolDefinition]) -> ToolCallParser {
+        ToolCallParser::new(*self, tools)
+    }
+}
+
+/// The format instructions and reminder Qwen 3.5's template writes after
+/// its `<tools>` listing.
+const QWEN35_INSTRUCTIONS: &str = "\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested within <tool_call></tool_call> XML tags\n- Required parameters MUST be specified\n- You may provide optional reasoning for your function call in natural language BEFORE the function call, but NOT after\n- If there is no function call available, answer the question like normal with your current knowledge and do not tell the user about function calls\n</IMPORTANT>";
+
+/// A `qwen35` call between its `<tool_call>` lines: `<function=NAME>`, the
+/// parameters, `</function>`.
+fn xml_call_body(call: &ToolCall) -> String {
+    let mut out = format!("<function={}>\n", call.name);
+    if let Value::Object(fields) = &call.input {
+        for (key, value) in fields {
+            out.push_str(&format!("<parameter={key}>\n"));
+            match value {
+                Value::String(text) => out.push_str(text),
+                // The template's `string` filter writes Python's booleans.
+                Value::Bool(true) => out.push_str("True"),
+                Value::Bool(false) => out.push_str("False"),
+                other => write_json(other, &mut out),
+            }
+            out.push_str("\n</parameter>\n");
+        }
+    }
+    out.push_str("</function>");
+    out
 }
 
 /// A call as the model writes it and the grammar constrains it:

@@ -34,7 +34,8 @@
 
 use serde_json::Value;
 
-use super::{ToolCall, ToolCallFormat};
+use super::xml::XmlCallParser;
+use super::{ToolCall, ToolCallFormat, ToolDefinition};
 
 /// What the parser recognised in model output, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +54,42 @@ pub enum ParsedEvent {
     ToolCallEnd(ToolCall),
 }
 
-/// Streaming parser; see the module docs. Built by [`ToolCallFormat::parser`].
-pub struct ToolCallParser {
+/// Streaming parser; see the module docs (and `xml.rs`'s for `qwen35`).
+/// Built by [`ToolCallFormat::parser`] or [`ToolCallFormat::parser_for`].
+pub struct ToolCallParser(Inner);
+
+enum Inner {
+    Json(JsonCallParser),
+    Xml(XmlCallParser),
+}
+
+impl ToolCallParser {
+    pub(crate) fn new(format: ToolCallFormat, tools: &[ToolDefinition]) -> Self {
+        Self(match format {
+            ToolCallFormat::Qwen35 => Inner::Xml(XmlCallParser::new(tools)),
+            _ => Inner::Json(JsonCallParser::new(format)),
+        })
+    }
+
+    /// Feeds the next piece of output; returns what it completes.
+    pub fn push(&mut self, text: &str) -> Vec<ParsedEvent> {
+        match &mut self.0 {
+            Inner::Json(parser) => parser.push(text),
+            Inner::Xml(parser) => parser.push(text),
+        }
+    }
+
+    /// Ends the output: flushes held-back text and any unterminated call.
+    pub fn finish(self) -> Vec<ParsedEvent> {
+        match self.0 {
+            Inner::Json(parser) => parser.finish(),
+            Inner::Xml(parser) => parser.finish(),
+        }
+    }
+}
+
+/// The parser of the JSON formats (`hermes`, `gemma`).
+struct JsonCallParser {
     start: &'static str,
     end: &'static str,
     /// Text not yet emitted (outside a call) or the call body so far.
@@ -83,8 +118,8 @@ const BARE_FENCES: [&str; 2] = ["```json", "```"];
 /// What a bare call opens with, whitespace aside.
 const BARE_OPENING: [&str; 2] = ["{", "\"name\""];
 
-impl ToolCallParser {
-    pub(crate) fn new(format: ToolCallFormat) -> Self {
+impl JsonCallParser {
+    fn new(format: ToolCallFormat) -> Self {
         Self {
             start: format.call_start(),
             end: format.call_end(),
@@ -154,8 +189,7 @@ impl ToolCallParser {
         }
     }
 
-    /// Feeds the next piece of output; returns what it completes.
-    pub fn push(&mut self, text: &str) -> Vec<ParsedEvent> {
+    fn push(&mut self, text: &str) -> Vec<ParsedEvent> {
         self.buf.push_str(text);
         let mut events = Vec::new();
         loop {
@@ -212,8 +246,7 @@ impl ToolCallParser {
         events
     }
 
-    /// Ends the output: flushes held-back text and any unterminated call.
-    pub fn finish(mut self) -> Vec<ParsedEvent> {
+    fn finish(mut self) -> Vec<ParsedEvent> {
         let mut events = Vec::new();
         if self.in_call {
             match std::mem::replace(&mut self.call, CallState::Header) {
@@ -520,7 +553,7 @@ impl ArgumentsScan {
     }
 }
 
-fn push_text(events: &mut Vec<ParsedEvent>, text: &str) {
+pub(super) fn push_text(events: &mut Vec<ParsedEvent>, text: &str) {
     if text.is_empty() {
         return;
     }
@@ -541,7 +574,7 @@ fn push_call(events: &mut Vec<ParsedEvent>, call: ToolCall) {
 
 /// The length of the longest end of `text` that is a proper prefix of
 /// `marker` (markers are ASCII, so cutting there keeps UTF-8 whole).
-fn partial_suffix(text: &str, marker: &str) -> usize {
+pub(super) fn partial_suffix(text: &str, marker: &str) -> usize {
     let bytes = text.as_bytes();
     (1..marker.len().min(bytes.len() + 1))
         .rev()
@@ -569,13 +602,21 @@ fn parse_call(body: &str) -> Option<ToolCall> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::json;
 
     use super::*;
 
     fn collect(format: ToolCallFormat, pieces: &[&str]) -> Vec<ParsedEvent> {
-        let mut parser = format.parser();
+        collect_with(&|| format.parser(), pieces)
+    }
+
+    /// The events of `pieces` through a new parser, merged (see [`merge_text`]).
+    pub(in crate::tools) fn collect_with(
+        new_parser: &dyn Fn() -> ToolCallParser,
+        pieces: &[&str],
+    ) -> Vec<ParsedEvent> {
+        let mut parser = new_parser();
         let mut events = Vec::new();
         for piece in pieces {
             events.extend(parser.push(piece));
@@ -586,7 +627,7 @@ mod tests {
 
     /// Joins adjacent text, and each call's input fragments into one (as
     /// compact JSON, after checking they concatenate to the call's input).
-    fn merge_text(events: Vec<ParsedEvent>) -> Vec<ParsedEvent> {
+    pub(in crate::tools) fn merge_text(events: Vec<ParsedEvent>) -> Vec<ParsedEvent> {
         let mut merged = Vec::new();
         let mut fragments = String::new();
         for event in events {
@@ -607,14 +648,17 @@ mod tests {
         merged
     }
 
-    fn call(name: &str, input: Value) -> ToolCall {
+    pub(in crate::tools) fn call(name: &str, input: Value) -> ToolCall {
         ToolCall {
             name: name.into(),
             input,
         }
     }
 
-    fn expected_events(text: Option<&str>, calls: &[ToolCall]) -> Vec<ParsedEvent> {
+    pub(in crate::tools) fn expected_events(
+        text: Option<&str>,
+        calls: &[ToolCall],
+    ) -> Vec<ParsedEvent> {
         let mut events = Vec::new();
         if let Some(text) = text {
             events.push(ParsedEvent::Text(text.into()));
@@ -628,26 +672,37 @@ mod tests {
     /// Every split of the output into two and three pieces parses the same
     /// as the whole, and no text event ever holds part of a marker.
     fn check_all_splits(format: ToolCallFormat, output: &str, expected: &[ParsedEvent]) {
+        check_all_splits_with(&|| format.parser(), format.call_start(), output, expected);
+    }
+
+    /// [`check_all_splits`] with parsers from `new_parser`, whose call
+    /// marker is `start`.
+    pub(in crate::tools) fn check_all_splits_with(
+        new_parser: &dyn Fn() -> ToolCallParser,
+        start: &str,
+        output: &str,
+        expected: &[ParsedEvent],
+    ) {
         let bounds: Vec<usize> = (0..=output.len())
             .filter(|&i| output.is_char_boundary(i))
             .collect();
         for &i in &bounds {
-            let got = collect(format, &[&output[..i], &output[i..]]);
+            let got = collect_with(new_parser, &[&output[..i], &output[i..]]);
             assert_eq!(got, expected, "split at {i} of {output:?}");
         }
         for &i in bounds.iter().step_by(3) {
             for &j in bounds.iter().filter(|&&j| j >= i) {
-                let got = collect(format, &[&output[..i], &output[i..j], &output[j..]]);
+                let got = collect_with(new_parser, &[&output[..i], &output[i..j], &output[j..]]);
                 assert_eq!(got, expected, "split at {i}, {j} of {output:?}");
             }
         }
         let chars: Vec<String> = output.chars().map(String::from).collect();
-        let mut parser = format.parser();
+        let mut parser = new_parser();
         for c in &chars {
             for event in parser.push(c) {
                 if let ParsedEvent::Text(text) = event {
                     assert!(
-                        !format.call_start().starts_with(&text) || text.is_empty(),
+                        !start.starts_with(&text) || text.is_empty(),
                         "emitted a marker prefix {text:?}"
                     );
                 }
