@@ -2,6 +2,8 @@ mod compare;
 mod dashboard;
 mod engine;
 mod faults;
+mod fp4;
+mod fp4_gen;
 mod gemma3;
 mod github;
 mod hostile_files;

@@ -18,6 +18,7 @@ use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 
+use crate::fp4_gen::{patch_fp4, placeholder, Fp4};
 use crate::moe_gen::{quantize_copy, smollm2_tokenizer, stack_experts, u32v, write_gguf, Rng};
 
 /// Shape of a generated Qwen 3.5 file.
@@ -47,6 +48,9 @@ pub struct Qwen35Spec {
     pub experts: usize,
     pub top_k: usize,
     pub seed: u64,
+    /// The routed experts in an FP4 format, quantized from the same f32
+    /// draws, instead of Q4_K/Q6_K (`None`: the fixtures' files).
+    pub fp4_experts: Option<Fp4>,
 }
 
 impl Qwen35Spec {
@@ -71,6 +75,7 @@ impl Qwen35Spec {
             experts: 16,
             top_k: 4,
             seed: 35,
+            fp4_experts: None,
         }
     }
 
@@ -233,7 +238,12 @@ fn delta_net_layer(rng: &mut Rng, spec: &Qwen35Spec, p: &str) -> Vec<(String, QT
 
 /// Routed experts (stacked, the current layout), the router, and the shared
 /// expert with its one-output sigmoid gate.
-fn moe_layer(rng: &mut Rng, spec: &Qwen35Spec, p: &str) -> Vec<(String, QTensor)> {
+fn moe_layer(
+    rng: &mut Rng,
+    spec: &Qwen35Spec,
+    p: &str,
+    fp4: &mut Vec<(String, Fp4, usize, Vec<f32>)>,
+) -> Vec<(String, QTensor)> {
     let (h, ff, e) = (spec.hidden, spec.expert_ff, spec.experts);
     let router = rng.tensor(&[e, h], 4.0 / (h as f32).sqrt());
     let mut tensors = vec![(
@@ -247,6 +257,14 @@ fn moe_layer(rng: &mut Rng, spec: &Qwen35Spec, p: &str) -> Vec<(String, QTensor)
     ];
     for (name, dims, dtype, inp) in parts {
         let t = rng.tensor(&dims, (3.0 / inp as f32).sqrt());
+        if let Some(format) = spec.fp4_experts {
+            let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let (bytes, decoded) = crate::fp4_gen::quantize(format, &values);
+            let name = format!("{p}.{name}.weight");
+            tensors.push((name.clone(), placeholder(format, &dims, &bytes)));
+            fp4.push((name, format, inp, decoded));
+            continue;
+        }
         let experts: Vec<QTensor> = (0..e)
             .map(|i| quantize_copy(&t.get(i).unwrap(), dtype))
             .collect();
@@ -280,9 +298,16 @@ fn dense_ffn(rng: &mut Rng, spec: &Qwen35Spec, p: &str, suffix: &str) -> Vec<(St
 
 /// Writes the random-weight model of `spec` to `path`.
 pub fn write_qwen35(path: &Path, spec: &Qwen35Spec) {
+    write_qwen35_fp4(path, spec);
+}
+
+/// [`write_qwen35`], returning each FP4 tensor's name and the values its
+/// bytes decode to (by the test quantizer's own reading of the bits).
+pub fn write_qwen35_fp4(path: &Path, spec: &Qwen35Spec) -> Vec<(String, Vec<f32>)> {
     let (metadata, vocab) = metadata(spec);
     let mut rng = Rng(spec.seed);
     let h = spec.hidden;
+    let mut fp4 = Vec::new();
     let mut tensors = vec![
         (
             "token_embd.weight".to_string(),
@@ -304,12 +329,22 @@ pub fn write_qwen35(path: &Path, spec: &Qwen35Spec) {
             tensors.extend(attention_layer(&mut rng, spec, &p));
         }
         if spec.experts > 0 {
-            tensors.extend(moe_layer(&mut rng, spec, &p));
+            tensors.extend(moe_layer(&mut rng, spec, &p, &mut fp4));
         } else {
             tensors.extend(dense_ffn(&mut rng, spec, &p, ""));
         }
     }
     write_gguf(path, &metadata, &tensors);
+    if !fp4.is_empty() {
+        let retype: Vec<(String, Fp4, usize)> = fp4
+            .iter()
+            .map(|(name, format, k, _)| (name.clone(), *format, *k))
+            .collect();
+        patch_fp4(path, &retype);
+    }
+    fp4.into_iter()
+        .map(|(name, _, _, decoded)| (name, decoded))
+        .collect()
 }
 
 /// Writes both generated files into `$SHOWDOWN_QWEN35_OUT` for

@@ -23,13 +23,81 @@ fn cpu_tier(device: &Device, kernels: Kernels) -> Option<Tier> {
 }
 
 /// A memory-mapped GGUF file and its parsed header.
+///
+/// candle's parser does not know the FP4 types (MXFP4, ggml type 39; NVFP4,
+/// type 40): their tensors are recorded by the engine's own header walk
+/// ([`check_header`]) in [`Gguf::fp4`], and candle parses a copy of the
+/// header in which their type ids read F32, their infos then dropped from
+/// its table. On the CPU they are packed for the engine's kernels like any
+/// other format; where a candle tensor is wanted ([`Gguf::tensor`]: small
+/// tensors, other devices, candle's kernels) they are dequantized at load,
+/// to F16 when every value is exact in it (NVFP4 always is), else to F32.
 pub struct Gguf {
     path: PathBuf,
     mmap: Mmap,
     content: gguf_file::Content,
+    /// The FP4 tensors, which candle's table does not hold.
+    fp4: std::collections::HashMap<String, Fp4Tensor>,
     architecture: String,
     vocab_size: Option<usize>,
     kernels: Kernels,
+}
+
+/// A tensor of a type candle does not read: its header entry.
+#[derive(Debug, Clone)]
+struct Fp4Tensor {
+    format: WeightFormat,
+    /// Outermost first, as candle orders shapes.
+    dims: Vec<usize>,
+    /// From the start of the data section.
+    offset: u64,
+}
+
+/// A tensor's type: one candle reads, or one only the engine's kernels do.
+#[derive(Clone, Copy)]
+enum TensorType {
+    Ggml(GgmlDType),
+    Fp4(WeightFormat),
+}
+
+impl std::fmt::Debug for TensorType {
+    /// The type's own name (`Q4K`, `Nvfp4`), as error messages name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ggml(d) => d.fmt(f),
+            Self::Fp4(w) => w.fmt(f),
+        }
+    }
+}
+
+impl TensorType {
+    fn block_size(self) -> usize {
+        match self {
+            Self::Ggml(d) => d.block_size(),
+            Self::Fp4(f) => f.block_values(),
+        }
+    }
+
+    fn type_size(self) -> usize {
+        match self {
+            Self::Ggml(d) => d.type_size(),
+            Self::Fp4(f) => f.block_bytes(),
+        }
+    }
+
+    fn format(self) -> Option<WeightFormat> {
+        match self {
+            Self::Ggml(d) => WeightFormat::from_ggml(d),
+            Self::Fp4(f) => Some(f),
+        }
+    }
+}
+
+/// One tensor's header entry, whichever table holds it.
+struct Entry<'a> {
+    ty: TensorType,
+    dims: &'a [usize],
+    offset: u64,
 }
 
 /// The tokenizer's per-token arrays: a 262k vocabulary's hold tens of MB
@@ -62,9 +130,33 @@ impl Gguf {
         // checked against the file first (candle's parser divides by the
         // declared alignment and multiplies declared dimensions unchecked);
         // only then does candle build the header. Tensor data is not read.
-        check_header(&mmap).map_err(invalid)?;
-        let content = gguf_file::Content::read(&mut Cursor::new(&mmap[..]))
-            .map_err(|e| invalid(e.to_string()))?;
+        let header = check_header(&mmap).map_err(invalid)?;
+        let mut content = if header.fp4.is_empty() {
+            gguf_file::Content::read(&mut Cursor::new(&mmap[..]))
+        } else {
+            // candle reads the header only (up to the data section's start,
+            // which it computes from where the header ends): a copy of it,
+            // the FP4 tensors' type ids replaced by F32's.
+            let mut copy = mmap[..header.end].to_vec();
+            for t in &header.fp4 {
+                copy[t.type_at..t.type_at + 4].copy_from_slice(&0u32.to_le_bytes());
+            }
+            gguf_file::Content::read(&mut Cursor::new(&copy[..]))
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        let mut fp4 = std::collections::HashMap::new();
+        for t in header.fp4 {
+            // Names are unique (checked), so this entry is the one candle holds.
+            content.tensor_infos.remove(&t.name);
+            fp4.insert(
+                t.name,
+                Fp4Tensor {
+                    format: t.format,
+                    dims: t.dims,
+                    offset: t.offset,
+                },
+            );
+        }
         let architecture = match content.metadata.get("general.architecture") {
             Some(gguf_file::Value::String(s)) => s.clone(),
             _ => return Err(invalid("no general.architecture in metadata".into())),
@@ -77,6 +169,7 @@ impl Gguf {
             path: path.to_owned(),
             mmap,
             content,
+            fp4,
             architecture,
             vocab_size,
             kernels: Kernels::default(),
@@ -224,12 +317,22 @@ impl Gguf {
 
     /// Whether a tensor of this name exists.
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.content.tensor_infos.contains_key(name) || self.fp4.contains_key(name)
     }
 
     /// Names of all tensors.
     pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
-        self.content.tensor_infos.keys().map(String::as_str)
+        self.content
+            .tensor_infos
+            .keys()
+            .chain(self.fp4.keys())
+            .map(String::as_str)
+    }
+
+    /// The FP4 format of tensor `name`, if it is one (candle cannot read it;
+    /// [`Gguf::tensor`] dequantizes it).
+    pub fn fp4_format(&self, name: &str) -> Option<WeightFormat> {
+        self.fp4.get(name).map(|t| t.format)
     }
 
     /// Names of all tensors, in the order their data lies in the file.
@@ -239,6 +342,7 @@ impl Gguf {
             .tensor_infos
             .iter()
             .map(|(name, info)| (name.as_str(), info.offset))
+            .chain(self.fp4.iter().map(|(name, t)| (name.as_str(), t.offset)))
             .collect();
         names.sort_by_key(|&(_, offset)| offset);
         names.into_iter().map(|(name, _)| name).collect()
@@ -246,19 +350,22 @@ impl Gguf {
 
     /// Total number of parameters (elements) over all tensors.
     pub fn parameter_count(&self) -> u64 {
+        let fp4: u64 = self
+            .fp4
+            .values()
+            .map(|t| t.dims.iter().product::<usize>() as u64)
+            .sum();
         self.content
             .tensor_infos
             .values()
             .map(|t| t.shape.elem_count() as u64)
-            .sum()
+            .sum::<u64>()
+            + fp4
     }
 
     /// Number of elements of a tensor, if present.
     pub fn tensor_elem_count(&self, name: &str) -> Option<usize> {
-        self.content
-            .tensor_infos
-            .get(name)
-            .map(|t| t.shape.elem_count())
+        self.entry(name).ok().map(|e| e.dims.iter().product())
     }
 
     /// The weight `name` repacked for the engine's CPU kernels, or `None`
@@ -267,20 +374,19 @@ impl Gguf {
     /// The packed matrix replaces the file's pages: they are released from
     /// memory once read.
     pub(crate) fn packed(&self, name: &str, device: &Device) -> Result<Option<PackedMatrix>> {
-        let info = self.info(name)?;
-        let dims = info.shape.dims();
-        let (n, k) = match *dims {
+        let entry = self.entry(name)?;
+        let (n, k) = match *entry.dims {
             [k] => (1, k),
             [n, k] => (n, k),
             _ => return Ok(None),
         };
-        self.pack_range(name, info.ggml_dtype, n, k, self.data_range(info)?, device)
+        self.pack_range(name, entry.ty, n, k, self.data_range(&entry)?, device)
     }
 
     fn pack_range(
         &self,
         name: &str,
-        dtype: GgmlDType,
+        ty: TensorType,
         n: usize,
         k: usize,
         range: std::ops::Range<usize>,
@@ -289,7 +395,7 @@ impl Gguf {
         let Some(tier) = cpu_tier(device, self.kernels) else {
             return Ok(None);
         };
-        let Some(format) = WeightFormat::from_ggml(dtype) else {
+        let Some(format) = ty.format() else {
             return Ok(None);
         };
         if !k.is_multiple_of(format.block_values()) {
@@ -311,19 +417,19 @@ impl Gguf {
         n_expert: usize,
         device: &Device,
     ) -> Result<Vec<Linear>> {
-        let info = self.info(name)?;
-        let dims = info.shape.dims();
+        let entry = self.entry(name)?;
+        let dims = entry.dims;
         if dims.len() != 3 || dims[0] != n_expert {
             return Err(EngineError::Metadata(format!(
                 "tensor `{name}` has shape {dims:?}, expected ({n_expert}, rows, cols)"
             )));
         }
-        let range = self.data_range(info)?;
+        let range = self.data_range(&entry)?;
         let per_expert = (range.end - range.start) / n_expert;
         let mut packed = Vec::with_capacity(n_expert);
         for e in 0..n_expert {
             let part = range.start + e * per_expert..range.start + (e + 1) * per_expert;
-            match self.pack_range(name, info.ggml_dtype, dims[1], dims[2], part, device)? {
+            match self.pack_range(name, entry.ty, dims[1], dims[2], part, device)? {
                 Some(p) => packed.push(Linear::Packed(std::sync::Arc::new(p))),
                 None => break,
             }
@@ -337,24 +443,36 @@ impl Gguf {
             .collect()
     }
 
-    fn info(&self, name: &str) -> Result<&gguf_file::TensorInfo> {
-        self.content
-            .tensor_infos
+    fn entry(&self, name: &str) -> Result<Entry<'_>> {
+        if let Some(info) = self.content.tensor_infos.get(name) {
+            return Ok(Entry {
+                ty: TensorType::Ggml(info.ggml_dtype),
+                dims: info.shape.dims(),
+                offset: info.offset,
+            });
+        }
+        self.fp4
             .get(name)
+            .map(|t| Entry {
+                ty: TensorType::Fp4(t.format),
+                dims: &t.dims,
+                offset: t.offset,
+            })
             .ok_or_else(|| EngineError::Metadata(format!("tensor `{name}` not found")))
     }
 
-    /// The bytes of a tensor's data in the file.
-    fn data_range(&self, info: &gguf_file::TensorInfo) -> Result<std::ops::Range<usize>> {
-        let dtype = info.ggml_dtype;
-        let elems = info.shape.elem_count();
-        if !elems.is_multiple_of(dtype.block_size()) {
+    /// The bytes of a tensor's data in the file (inside it: the header
+    /// check made sure).
+    fn data_range(&self, entry: &Entry<'_>) -> Result<std::ops::Range<usize>> {
+        let ty = entry.ty;
+        let elems: usize = entry.dims.iter().product();
+        if !elems.is_multiple_of(ty.block_size()) {
             return Err(EngineError::Metadata(format!(
-                "a tensor of {elems} values is not whole {dtype:?} blocks"
+                "a tensor of {elems} values is not whole {ty:?} blocks"
             )));
         }
-        let start = (self.content.tensor_data_offset + info.offset) as usize;
-        Ok(start..start + elems / dtype.block_size() * dtype.type_size())
+        let start = (self.content.tensor_data_offset + entry.offset) as usize;
+        Ok(start..start + elems / ty.block_size() * ty.type_size())
     }
 
     /// Drops the file pages wholly inside `range` from this process's
@@ -380,47 +498,91 @@ impl Gguf {
     /// experts outermost as GGUF stores `ffn_*_exps`, into one 2-D tensor per
     /// expert. Each expert's blocks are contiguous, so this is a byte slice.
     fn expert_tensors(&self, name: &str, n_expert: usize, device: &Device) -> Result<Vec<QTensor>> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| EngineError::Metadata(format!("tensor `{name}` not found")))?;
-        let dims = info.shape.dims();
+        let entry = self.entry(name)?;
+        let dims = entry.dims;
         if dims.len() != 3 || dims[0] != n_expert {
             return Err(EngineError::Metadata(format!(
                 "tensor `{name}` has shape {dims:?}, expected ({n_expert}, rows, cols)"
             )));
         }
-        let dtype = info.ggml_dtype;
+        let ty = entry.ty;
         let elems = dims[1] * dims[2];
-        if !elems.is_multiple_of(dtype.block_size()) {
+        if !elems.is_multiple_of(ty.block_size()) {
             return Err(EngineError::Metadata(format!(
-                "tensor `{name}`: an expert is not a whole number of {dtype:?} blocks"
+                "tensor `{name}`: an expert is not a whole number of {ty:?} blocks"
             )));
         }
-        let bytes = elems / dtype.block_size() * dtype.type_size();
-        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let bytes = elems / ty.block_size() * ty.type_size();
+        let start = (self.content.tensor_data_offset + entry.offset) as usize;
         (0..n_expert)
             .map(|e| {
                 let data = &self.mmap[start + e * bytes..start + (e + 1) * bytes];
-                Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dtype,
-                    data,
-                    vec![dims[1], dims[2]],
-                    device,
-                )?)
+                let dims = vec![dims[1], dims[2]];
+                Ok(match ty {
+                    TensorType::Ggml(dtype) => {
+                        candle_core::quantized::ggml_file::qtensor_from_ggml(
+                            dtype, data, dims, device,
+                        )?
+                    }
+                    TensorType::Fp4(format) => fp4_qtensor(format, data, dims, device)?,
+                })
             })
             .collect()
     }
 
-    /// Reads a tensor by its GGUF name onto `device`.
+    /// Reads a tensor by its GGUF name onto `device`. An FP4 tensor, which
+    /// candle cannot hold, comes dequantized (see [`Gguf`]).
     pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        if let Some(t) = self.fp4.get(name) {
+            let entry = self.entry(name)?;
+            let range = self.data_range(&entry)?;
+            return fp4_qtensor(t.format, &self.mmap[range], t.dims.clone(), device);
+        }
         if !self.has_tensor(name) {
             return Err(EngineError::Metadata(format!("tensor `{name}` not found")));
         }
         let mut cursor = Cursor::new(&self.mmap[..]);
         Ok(self.content.tensor(&mut cursor, name, device)?)
     }
+}
+
+/// An FP4 tensor's file bytes dequantized into a candle tensor on `device`:
+/// F16 when every value is exact in it (NVFP4's always are: at most 5
+/// significant bits between 2^-10 and 2880), else F32 (MXFP4's scales reach
+/// outside F16's range).
+fn fp4_qtensor(
+    format: WeightFormat,
+    bytes: &[u8],
+    dims: Vec<usize>,
+    device: &Device,
+) -> Result<QTensor> {
+    let elems: usize = dims.iter().product();
+    if elems != bytes.len() / format.block_bytes() * format.block_values()
+        || !elems.is_multiple_of(format.block_values())
+    {
+        return Err(EngineError::Metadata(format!(
+            "{} bytes of {format:?} do not hold {dims:?}",
+            bytes.len()
+        )));
+    }
+    let mut values = vec![0f32; elems];
+    crate::kernels::formats::dequantize_row(format, bytes, &mut values);
+    let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let exact = halves.iter().zip(&values).all(|(h, v)| h.to_f32() == *v);
+    // Views of the vectors' own (aligned) storage as bytes, for candle's
+    // reader, which casts the bytes back to its element type.
+    let qtensor = if exact {
+        // SAFETY: f16 is plain data; the slice covers the vector exactly.
+        let raw =
+            unsafe { std::slice::from_raw_parts(halves.as_ptr() as *const u8, halves.len() * 2) };
+        candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::F16, raw, dims, device)?
+    } else {
+        // SAFETY: as above, for f32.
+        let raw =
+            unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, values.len() * 4) };
+        candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::F32, raw, dims, device)?
+    };
+    Ok(qtensor)
 }
 
 /// Deepest nesting of arrays in a metadata value (candle's own cap).
@@ -569,11 +731,31 @@ fn fixed_size(kind: u32) -> Option<u64> {
     }
 }
 
+/// What the header walk found that candle's parser cannot.
+struct HeaderScan {
+    /// Where the tensor infos end (the data section starts at the next
+    /// multiple of the alignment).
+    end: usize,
+    /// The FP4 tensors, in header order.
+    fp4: Vec<Fp4Entry>,
+}
+
+struct Fp4Entry {
+    name: String,
+    format: WeightFormat,
+    /// Outermost first.
+    dims: Vec<usize>,
+    offset: u64,
+    /// Byte position of its type id in the file.
+    type_at: usize,
+}
+
 /// Walks a GGUF header over the whole file's bytes without allocating from
 /// anything it declares: every string, array, tensor shape, type id and
 /// tensor extent is checked against the file, and the arithmetic on them
 /// (dimension products, byte sizes, offsets, alignment) is checked too.
-fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+/// Tensor names must be unique (as llama.cpp requires).
+fn check_header(bytes: &[u8]) -> std::result::Result<HeaderScan, String> {
     let mut r = HeaderReader {
         bytes,
         at: 0,
@@ -608,8 +790,13 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
         ));
     }
     let mut extents = Vec::new();
+    let mut fp4 = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for _ in 0..tensor_count {
         let name = String::from_utf8_lossy(r.string("a tensor name")?).into_owned();
+        if !names.insert(name.clone()) {
+            return Err(format!("tensor `{name}` is declared twice"));
+        }
         let dims = r.u32("a tensor's dimension count")?;
         if u64::from(dims) > MAX_TENSOR_DIMS {
             return Err(format!(
@@ -617,8 +804,10 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
             ));
         }
         let mut elems: u64 = 1;
+        let mut shape = Vec::new();
         for _ in 0..dims {
             let dim = r.length("a tensor dimension")?;
+            shape.push(dim);
             // An empty tensor has no data for candle to point at (it casts a
             // dangling pointer to blocks, which must be aligned).
             if dim == 0 {
@@ -628,9 +817,17 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
                 .checked_mul(dim)
                 .ok_or_else(|| format!("tensor `{name}`: its dimensions' product overflows"))?;
         }
+        let type_at = r.at;
         let id = r.u32("a tensor type")?;
-        let dtype =
-            ggml_dtype(id).ok_or_else(|| format!("tensor `{name}` has unknown type id {id}"))?;
+        let (block, type_size) = match (ggml_dtype(id), WeightFormat::from_ggml_id(id)) {
+            (Some(dtype), _) => (dtype.block_size() as u64, dtype.type_size() as u64),
+            (None, Some(format)) => (format.block_values() as u64, format.block_bytes() as u64),
+            (None, None) => return Err(format!("tensor `{name}` has unknown type id {id}")),
+        };
+        let kind = match WeightFormat::from_ggml_id(id) {
+            Some(format) => format!("{format:?}"),
+            None => format!("{:?}", ggml_dtype(id).expect("known")),
+        };
         let offset = r.u64("a tensor offset")?;
         // The data is read in place as blocks of f16s and f32s: GGUF aligns it.
         if !offset.is_multiple_of(alignment) {
@@ -638,17 +835,39 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
                 "tensor `{name}`'s offset {offset} is not a multiple of the alignment {alignment}"
             ));
         }
-        let block = dtype.block_size() as u64;
         if !elems.is_multiple_of(block) {
             return Err(format!(
-                "tensor `{name}`: {elems} values are not whole {dtype:?} blocks of {block}"
+                "tensor `{name}`: {elems} values are not whole {kind} blocks of {block}"
             ));
         }
         let size = (elems / block)
-            .checked_mul(dtype.type_size() as u64)
+            .checked_mul(type_size)
             .ok_or_else(|| format!("tensor `{name}`: its size in bytes overflows"))?;
+        if let Some(format) = WeightFormat::from_ggml_id(id) {
+            // Rows are blocks of their own: the kernels and dequantization
+            // work row by row.
+            if !shape[0].is_multiple_of(block) {
+                return Err(format!(
+                    "tensor `{name}`: rows of {} values are not whole {kind} blocks of {block}",
+                    shape[0]
+                ));
+            }
+            let dims = shape
+                .iter()
+                .rev()
+                .map(|&d| usize::try_from(d).map_err(|_| format!("tensor `{name}` is too large")))
+                .collect::<std::result::Result<Vec<usize>, String>>()?;
+            fp4.push(Fp4Entry {
+                name: name.clone(),
+                format,
+                dims,
+                offset,
+                type_at,
+            });
+        }
         extents.push((name, offset, size));
     }
+    let end = r.at;
     let file_len = bytes.len() as u64;
     let data_start = (r.at as u64).div_ceil(alignment) * alignment;
     for (name, offset, size) in extents {
@@ -662,5 +881,38 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(HeaderScan { end, fp4 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An FP4 tensor read as a candle tensor keeps its values exactly:
+    /// F16 when they fit it, F32 when an E8M0 scale is beyond F16's range.
+    #[test]
+    fn fp4_tensors_dequantize_exactly_to_f16_or_f32() {
+        let mut block = [0u8; 17];
+        block[1] = 0x71; // values 0 and 16: codes 1 and 7 (0.5 and 6, doubled 1 and 12)
+        for (e, dtype) in [
+            (127u8, GgmlDType::F16),
+            (20, GgmlDType::F32),
+            (200, GgmlDType::F32),
+        ] {
+            block[0] = e;
+            let t = fp4_qtensor(WeightFormat::Mxfp4, &block, vec![1, 32], &Device::Cpu).unwrap();
+            assert_eq!(t.dtype(), dtype, "e = {e}");
+            let v: Vec<f32> = t
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let half = crate::kernels::formats::e8m0_half(e);
+            assert_eq!((v[0], v[16]), (half, 12.0 * half), "e = {e}");
+        }
+        // Bytes that do not hold the shape are an error.
+        assert!(fp4_qtensor(WeightFormat::Mxfp4, &block, vec![2, 32], &Device::Cpu).is_err());
+    }
 }

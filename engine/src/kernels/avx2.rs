@@ -60,6 +60,8 @@ pub(crate) unsafe fn group(
         (WeightFormat::Q5K, GroupIn::K(a)) => by_rows!(q5k, a),
         (WeightFormat::Q6K, GroupIn::K(a)) => by_rows!(q6k, a),
         (WeightFormat::F32, GroupIn::F32(a)) => by_rows!(f32s, a),
+        (WeightFormat::Mxfp4, GroupIn::B32(a)) => by_rows!(mxfp4, a),
+        (WeightFormat::Nvfp4, GroupIn::B32(a)) => by_rows!(nvfp4, a),
         _ => unreachable!("activations quantized for another format"),
     }
 }
@@ -281,6 +283,144 @@ unsafe fn q8_0<const R: usize>(
         for r in 0..R {
             let a = &*acts.add((r0 + r) * nb + b);
             acc[r] = _mm256_add_ps(acc[r], scaled(isum[r], dx, a.d));
+        }
+    }
+    for (r, v) in acc.iter().enumerate() {
+        store(out, r0 + r, *v);
+    }
+}
+
+/// The doubled E2M1 values in both 128-bit halves, for `vpshufb` by code.
+const KVALUES_X2: [i8; 32] = {
+    let mut t = [0i8; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = super::formats::KVALUES_FP4[i % 16];
+        i += 1;
+    }
+    t
+};
+
+/// Scale bytes read through 256-entry tables (built by the scalar decoders,
+/// so every lane has the reference's value): MXFP4's E8M0 and NVFP4's UE4M3.
+fn fp4_scale_tables() -> &'static ([f32; 256], [f32; 256]) {
+    static TABLES: std::sync::OnceLock<([f32; 256], [f32; 256])> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut e8m0 = [0f32; 256];
+        let mut ue4m3 = [0f32; 256];
+        for x in 0..256 {
+            e8m0[x] = super::formats::e8m0_half(x as u8);
+            ue4m3[x] = super::formats::ue4m3_half(x as u8);
+        }
+        (e8m0, ue4m3)
+    })
+}
+
+/// Eight signed FP4 values per i8 position (`codes` are nibbles 0..16) as
+/// `(|w|, w)` for `vpmaddubsw` with the activations given `w`'s sign.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fp4_values(codes: __m256i, table: __m256i) -> (__m256i, __m256i) {
+    let w = _mm256_shuffle_epi8(table, codes);
+    (_mm256_sign_epi8(w, w), w)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn mxfp4<const R: usize>(
+    t: *const u8,
+    nb: usize,
+    acts: *const ActBlock32,
+    r0: usize,
+    out: &GroupOut,
+) {
+    let (oe, oq) = offsets::mxfp4(G);
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let table = _mm256_loadu_si256(KVALUES_X2.as_ptr() as *const __m256i);
+    let e8m0 = fp4_scale_tables().0.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let tile = t.add(b * 17 * G);
+        // 8 products pairs of ≤ 2·12·127 per i16 lane: ≤ 24384.
+        let mut s16 = [_mm256_setzero_si256(); R];
+        for u in 0..4 {
+            let v = load(tile.add(oq + u * 4 * G));
+            let (alo, lo) = fp4_values(_mm256_and_si256(v, mask), table);
+            let (ahi, hi) = fp4_values(_mm256_and_si256(_mm256_srli_epi16::<4>(v), mask), table);
+            for r in 0..R {
+                let qs = (*acts.add((r0 + r) * nb + b)).qs.as_ptr();
+                let slo = _mm256_sign_epi8(bcast(qs.add(4 * u)), lo);
+                let shi = _mm256_sign_epi8(bcast(qs.add(16 + 4 * u)), hi);
+                s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(alo, slo));
+                s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(ahi, shi));
+            }
+        }
+        let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(tile.add(oe) as *const __m128i));
+        let de = _mm256_i32gather_ps::<4>(e8m0, e);
+        for r in 0..R {
+            let a = &*acts.add((r0 + r) * nb + b);
+            let isum = _mm256_madd_epi16(s16[r], ones);
+            // (dy · scale) · isum, as the reference.
+            let d = _mm256_mul_ps(_mm256_set1_ps(a.d), de);
+            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)));
+        }
+    }
+    for (r, v) in acc.iter().enumerate() {
+        store(out, r0 + r, *v);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn nvfp4<const R: usize>(
+    t: *const u8,
+    nb: usize,
+    acts: *const ActBlock32,
+    r0: usize,
+    out: &GroupOut,
+) {
+    let (od, oq) = offsets::nvfp4(G);
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let table = _mm256_loadu_si256(KVALUES_X2.as_ptr() as *const __m256i);
+    let ue4m3 = fp4_scale_tables().1.as_ptr();
+    let byte = _mm256_set1_epi32(0xFF);
+    // Two activation blocks of 32 per block of 64.
+    let na = 2 * nb;
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let tile = t.add(b * 36 * G);
+        let words = load(tile.add(od));
+        for s in 0..4 {
+            // 4 product pairs of ≤ 2·12·127 per i16 lane: ≤ 12192.
+            let mut s16 = [_mm256_setzero_si256(); R];
+            for h in 0..2 {
+                let u = 2 * s + h;
+                let v = load(tile.add(oq + u * 4 * G));
+                let (alo, lo) = fp4_values(_mm256_and_si256(v, mask), table);
+                let (ahi, hi) =
+                    fp4_values(_mm256_and_si256(_mm256_srli_epi16::<4>(v), mask), table);
+                for r in 0..R {
+                    let a = &*acts.add((r0 + r) * na + 2 * b + s / 2);
+                    let qs = a.qs.as_ptr().add((s % 2) * 16 + 4 * h);
+                    let slo = _mm256_sign_epi8(bcast(qs), lo);
+                    let shi = _mm256_sign_epi8(bcast(qs.add(8)), hi);
+                    s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(alo, slo));
+                    s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(ahi, shi));
+                }
+            }
+            let x = _mm256_and_si256(
+                _mm256_srlv_epi32(words, _mm256_set1_epi32(8 * s as i32)),
+                byte,
+            );
+            let ds = _mm256_i32gather_ps::<4>(ue4m3, x);
+            for r in 0..R {
+                let a = &*acts.add((r0 + r) * na + 2 * b + s / 2);
+                let isum = _mm256_madd_epi16(s16[r], ones);
+                let d = _mm256_mul_ps(_mm256_set1_ps(a.d), ds);
+                acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)));
+            }
         }
     }
     for (r, v) in acc.iter().enumerate() {

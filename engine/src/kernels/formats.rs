@@ -20,6 +20,14 @@ use super::quantize::{ActBlock32, ActBlockK};
 pub const QK_K: usize = 256;
 /// Values per block of the 32-value formats.
 pub const QK32: usize = 32;
+/// Values per NVFP4 block (four sub-blocks of [`NVFP4_SUB`]).
+pub const QK_NVFP4: usize = 64;
+/// Values per NVFP4 sub-block, each with its own scale.
+pub const NVFP4_SUB: usize = 16;
+
+/// The E2M1 values doubled (ggml `kvalues_mxfp4`), indexed by the 4-bit
+/// code: sign bit 3, then exponent and mantissa.
+pub const KVALUES_FP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 /// A weight format with kernels of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +48,12 @@ pub enum WeightFormat {
     Q5K,
     /// 6-bit K-quant: 16 sub-blocks of 16 with 8-bit signed scales, offset 32.
     Q6K,
+    /// 4-bit E2M1 (OCP microscaling), one E8M0 scale byte per 32 values
+    /// (ggml type 39).
+    Mxfp4,
+    /// 4-bit E2M1 (NVIDIA), one UE4M3 scale byte per 16 values, blocks of
+    /// 64 (ggml type 40).
+    Nvfp4,
 }
 
 /// How activations are quantized for a weight format (ggml's `vec_dot_type`).
@@ -78,6 +92,17 @@ impl WeightFormat {
             Self::F32 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => QK32,
             Self::Q4K | Self::Q5K | Self::Q6K => QK_K,
+            Self::Mxfp4 => QK32,
+            Self::Nvfp4 => QK_NVFP4,
+        }
+    }
+
+    /// The format of a GGUF type id candle does not know (the FP4 types).
+    pub const fn from_ggml_id(id: u32) -> Option<Self> {
+        match id {
+            39 => Some(Self::Mxfp4),
+            40 => Some(Self::Nvfp4),
+            _ => None,
         }
     }
 
@@ -92,6 +117,8 @@ impl WeightFormat {
             Self::Q4K => 144,
             Self::Q5K => 176,
             Self::Q6K => 210,
+            Self::Mxfp4 => 17,
+            Self::Nvfp4 => 36,
         }
     }
 
@@ -99,7 +126,7 @@ impl WeightFormat {
     pub const fn act_format(self) -> ActFormat {
         match self {
             Self::F32 => ActFormat::F32,
-            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => ActFormat::Q8_0,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 | Self::Mxfp4 | Self::Nvfp4 => ActFormat::Q8_0,
             Self::Q4_1 => ActFormat::Q8_1,
             Self::Q4K | Self::Q5K | Self::Q6K => ActFormat::Q8K,
         }
@@ -109,6 +136,71 @@ impl WeightFormat {
     pub fn row_bytes(self, k: usize) -> usize {
         k / self.block_values() * self.block_bytes()
     }
+}
+
+/// An MXFP4 block's E8M0 scale byte as ggml reads it (`ggml_e8m0_to_fp32_half`):
+/// `2^(e-128)`, half the E8M0 value, to go with the doubled [`KVALUES_FP4`].
+/// Bytes 0 and 1 give the subnormals `2^-128` and `2^-127`; 255 (E8M0's NaN)
+/// is read as `2^127`, as ggml does.
+pub fn e8m0_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+/// An NVFP4 sub-block's UE4M3 scale byte as ggml reads it
+/// (`ggml_ue4m3_to_fp32`): 4 exponent bits (bias 7) and 3 mantissa bits,
+/// halved for the doubled [`KVALUES_FP4`]; the top bit is ignored, and 0 and
+/// 0x7F (the NaN) are 0.
+pub fn ue4m3_half(x: u8) -> f32 {
+    if x == 0 || x == 0x7F {
+        return 0.0;
+    }
+    let exp = ((x >> 3) & 0xF) as i32;
+    let man = (x & 7) as f32;
+    // Exact in f32: a 4-bit significand times a power of two.
+    let pow2 = |n: i32| f32::from_bits(((n + 127) as u32) << 23);
+    let raw = if exp == 0 {
+        man * pow2(-9)
+    } else {
+        (1.0 + man / 8.0) * pow2(exp - 7)
+    };
+    raw * 0.5
+}
+
+/// The 32 signed values of an MXFP4 block (doubled E2M1) in order, and its scale.
+pub(crate) fn decode_mxfp4(b: &[u8]) -> (f32, [i8; QK32]) {
+    let mut q = [0i8; QK32];
+    for j in 0..16 {
+        q[j] = KVALUES_FP4[(b[1 + j] & 0xF) as usize];
+        q[j + 16] = KVALUES_FP4[(b[1 + j] >> 4) as usize];
+    }
+    (e8m0_half(b[0]), q)
+}
+
+/// The 64 signed values of an NVFP4 block (doubled E2M1) in order, and its
+/// four sub-block scales.
+pub(crate) fn decode_nvfp4(b: &[u8]) -> ([f32; 4], [i8; QK_NVFP4]) {
+    let mut q = [0i8; QK_NVFP4];
+    for s in 0..4 {
+        for j in 0..8 {
+            let byte = b[4 + 8 * s + j];
+            q[16 * s + j] = KVALUES_FP4[(byte & 0xF) as usize];
+            q[16 * s + j + 8] = KVALUES_FP4[(byte >> 4) as usize];
+        }
+    }
+    (
+        [
+            ue4m3_half(b[0]),
+            ue4m3_half(b[1]),
+            ue4m3_half(b[2]),
+            ue4m3_half(b[3]),
+        ],
+        q,
+    )
 }
 
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
@@ -284,6 +376,18 @@ pub fn dequantize_row(format: WeightFormat, bytes: &[u8], out: &mut [f32]) {
                     *x = d * (blk.q[v] as i32 - 32) as f32;
                 }
             }
+            WeightFormat::Mxfp4 => {
+                let (d, q) = decode_mxfp4(b);
+                for (x, &q) in dst.iter_mut().zip(&q) {
+                    *x = q as f32 * d;
+                }
+            }
+            WeightFormat::Nvfp4 => {
+                let (d, q) = decode_nvfp4(b);
+                for (v, (x, &q)) in dst.iter_mut().zip(&q).enumerate() {
+                    *x = q as f32 * d[v / NVFP4_SUB];
+                }
+            }
         }
     }
 }
@@ -312,8 +416,43 @@ fn isum32(format: WeightFormat, blk: &Decoded32, act: &ActBlock32) -> i32 {
 
 /// Scalar reference: one output of `row_bytes` (a weight row in file layout)
 /// against one quantized activation row of 32-value blocks.
+///
+/// The FP4 formats follow ggml's generic `vec_dot_{mxfp4,nvfp4}_q8_0`: per
+/// 32-value block `(dy · scale) · isum`; NVFP4 takes two activation blocks
+/// per block and does that step per 16-value sub-block.
 pub fn reference_dot32(format: WeightFormat, row_bytes: &[u8], acts: &[ActBlock32]) -> f32 {
     let bb = format.block_bytes();
+    match format {
+        WeightFormat::Mxfp4 => {
+            let mut sumf = 0f32;
+            for (i, act) in acts.iter().enumerate() {
+                let (d, q) = decode_mxfp4(&row_bytes[i * bb..(i + 1) * bb]);
+                let sumi: i32 = q
+                    .iter()
+                    .zip(&act.qs)
+                    .map(|(&w, &a)| w as i32 * a as i32)
+                    .sum();
+                sumf += (act.d * d) * sumi as f32;
+            }
+            return sumf;
+        }
+        WeightFormat::Nvfp4 => {
+            let mut sumf = 0f32;
+            for (i, pair) in acts.chunks_exact(2).enumerate() {
+                let (d, q) = decode_nvfp4(&row_bytes[i * bb..(i + 1) * bb]);
+                for s in 0..4 {
+                    let act = &pair[s / 2];
+                    let off = (s % 2) * NVFP4_SUB;
+                    let sumi: i32 = (0..NVFP4_SUB)
+                        .map(|j| q[16 * s + j] as i32 * act.qs[off + j] as i32)
+                        .sum();
+                    sumf += (act.d * d[s]) * sumi as f32;
+                }
+            }
+            return sumf;
+        }
+        _ => {}
+    }
     let mut sumf = 0f32;
     for (i, act) in acts.iter().enumerate() {
         let blk = decode32(format, &row_bytes[i * bb..(i + 1) * bb]);

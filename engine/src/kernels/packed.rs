@@ -25,7 +25,16 @@
 //! - Q5_K: as Q4_K, with the 32 high-bit bytes as 8 units before the quants.
 //! - Q6_K: `d[G]`, the 16 scales as 4 words `[4][G]`, `ql` as 32 units,
 //!   `qh` as 16 units.
+//! - MXFP4: `e[G]` E8M0 scale bytes, quants 4 units as Q4_0 (unit `u` =
+//!   file bytes `1+4u..`: low nibbles values `4u..`, high `16+4u..`).
+//! - NVFP4: the 4 UE4M3 scale bytes as one word `[G]` (byte `s` = sub-block
+//!   `s`), quants 8 units (units `2s, 2s+1` are sub-block `s`: low nibbles
+//!   values `16s + 4(u%2)..`, high `+8`).
 //! - F32: per value, `G` floats.
+//!
+//! The FP4 formats have an AVX2 kernel; an AVX-512 CPU packs them for it
+//! (8-column groups), and the portable kernel serves the rest
+//! ([`fp4_kernel`]).
 
 use super::formats::{self, WeightFormat, QK32, QK_K};
 use super::pool::{pool, Pool};
@@ -139,6 +148,16 @@ impl PackedMatrix {
                 bytes.len()
             )));
         }
+        // The FP4 formats have no AVX-512 kernel yet: an AVX-512 CPU (which
+        // has AVX2) packs them for its AVX2 one, 8-column groups.
+        #[cfg(target_arch = "x86_64")]
+        let tier = if tier == Tier::Avx512
+            && matches!(format, WeightFormat::Mxfp4 | WeightFormat::Nvfp4)
+        {
+            Tier::Avx2
+        } else {
+            tier
+        };
         let g = tier.group_width();
         let groups = n.div_ceil(g);
         let nb = k / bv;
@@ -355,6 +374,12 @@ impl PackedMatrix {
         let data = self.data.as_slice();
         let gb = self.group_bytes();
         let nb = self.blocks();
+        // Activation blocks per row: an NVFP4 block spans two of 32.
+        let na = match acts {
+            Acts::B32(_) => self.k / QK32,
+            Acts::K(_) => self.k / QK_K,
+            Acts::F32 => 0,
+        };
         for gi in gc * plan.group_chunk..((gc + 1) * plan.group_chunk).min(plan.groups) {
             let tiles = &data[gi * gb..(gi + 1) * gb];
             let c0 = gi * self.g;
@@ -368,8 +393,8 @@ impl PackedMatrix {
             };
             let input = match acts {
                 Acts::F32 => GroupIn::F32(&x[r0 * self.k..(r0 + rows) * self.k]),
-                Acts::B32(a) => GroupIn::B32(&a[r0 * nb..(r0 + rows) * nb]),
-                Acts::K(a) => GroupIn::K(&a[r0 * nb..(r0 + rows) * nb]),
+                Acts::B32(a) => GroupIn::B32(&a[r0 * na..(r0 + rows) * na]),
+                Acts::K(a) => GroupIn::K(&a[r0 * na..(r0 + rows) * na]),
             };
             run_group(self.tier, self.format, tiles, nb, &input, &dst);
         }
@@ -446,6 +471,9 @@ fn run_group(
     input: &GroupIn<'_>,
     out: &GroupOut,
 ) {
+    if matches!(format, WeightFormat::Mxfp4 | WeightFormat::Nvfp4) && !fp4_kernel(tier) {
+        return portable::group(format, tiles, nb, input, out);
+    }
     match tier {
         Tier::Portable => portable::group(format, tiles, nb, input, out),
         #[cfg(target_arch = "x86_64")]
@@ -457,6 +485,13 @@ fn run_group(
         #[cfg(not(target_arch = "x86_64"))]
         _ => portable::group(format, tiles, nb, input, out),
     }
+}
+
+/// Whether `tier` has vector kernels of its own for the FP4 formats: AVX2
+/// (an AVX-512 CPU packs them for its AVX2 tier, see
+/// [`PackedMatrix::pack_releasing`]).
+pub(crate) fn fp4_kernel(tier: Tier) -> bool {
+    tier == Tier::Avx2
 }
 
 /// Quantizes rows in parallel when there are several.
@@ -523,6 +558,14 @@ fn pack_block(format: WeightFormat, src: &[u8], dst: &mut [u8], g: usize, c: usi
                 put_units(dst, 16 * g, &src[16..144]);
             }
         }
+        WeightFormat::Mxfp4 => {
+            put(dst, 0, 1, &src[0..1]);
+            put_units(dst, g, &src[1..17]);
+        }
+        WeightFormat::Nvfp4 => {
+            put(dst, 0, 4, &src[0..4]);
+            put_units(dst, 4 * g, &src[4..36]);
+        }
         WeightFormat::Q6K => {
             put(dst, 0, 2, &src[208..210]);
             put_units(dst, 2 * g, &src[192..208]);
@@ -582,6 +625,14 @@ pub(crate) fn unpack_block_into(
             } else {
                 get_units(src, 16 * g, &mut dst[16..144]);
             }
+        }
+        WeightFormat::Mxfp4 => {
+            get(src, 0, 1, &mut dst[0..1]);
+            get_units(src, g, &mut dst[1..17]);
+        }
+        WeightFormat::Nvfp4 => {
+            get(src, 0, 4, &mut dst[0..4]);
+            get_units(src, 4 * g, &mut dst[4..36]);
         }
         WeightFormat::Q6K => {
             get(src, 0, 2, &mut dst[208..210]);
@@ -651,6 +702,14 @@ pub(crate) mod offsets {
     /// Q5_K: d, dmin, scale words, high bits, quants.
     pub const fn q5k(g: usize) -> (usize, usize, usize, usize, usize) {
         (0, 2 * g, 4 * g, 16 * g, 48 * g)
+    }
+    /// MXFP4: scale bytes, quants.
+    pub const fn mxfp4(g: usize) -> (usize, usize) {
+        (0, g)
+    }
+    /// NVFP4: scale words, quants.
+    pub const fn nvfp4(g: usize) -> (usize, usize) {
+        (0, 4 * g)
     }
     /// Q6_K: d, scale words, ql, qh.
     pub const fn q6k(g: usize) -> (usize, usize, usize, usize) {

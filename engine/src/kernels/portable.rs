@@ -18,6 +18,12 @@ pub(crate) fn group(
     let tile = bb * g;
     let mut row = vec![0u8; nb * bb];
     let mut values = vec![0f32; out.valid];
+    // Activation blocks per row (an NVFP4 block spans two of 32).
+    let na = match input {
+        GroupIn::F32(x) => x.len() / out.rows.max(1),
+        GroupIn::B32(a) => a.len() / out.rows.max(1),
+        GroupIn::K(a) => a.len() / out.rows.max(1),
+    };
     for r in 0..out.rows {
         for (c, value) in values.iter_mut().enumerate() {
             for b in 0..nb {
@@ -30,9 +36,9 @@ pub(crate) fn group(
                 );
             }
             *value = match input {
-                GroupIn::F32(x) => formats::reference_dot_f32(&row, &x[r * nb..(r + 1) * nb]),
-                GroupIn::B32(a) => formats::reference_dot32(format, &row, &a[r * nb..(r + 1) * nb]),
-                GroupIn::K(a) => formats::reference_dot_k(format, &row, &a[r * nb..(r + 1) * nb]),
+                GroupIn::F32(x) => formats::reference_dot_f32(&row, &x[r * na..(r + 1) * na]),
+                GroupIn::B32(a) => formats::reference_dot32(format, &row, &a[r * na..(r + 1) * na]),
+                GroupIn::K(a) => formats::reference_dot_k(format, &row, &a[r * na..(r + 1) * na]),
             };
         }
         // SAFETY: row `r` of this group is this task's.

@@ -17,8 +17,21 @@ use super::pool::Pool;
 use super::quantize::{quantize_row_q8_0, quantize_row_q8k, ActBlock32, ActBlockK};
 use super::Tier;
 
-const FORMATS: [WeightFormat; 8] = [
+const FORMATS: [WeightFormat; 10] = [
     WeightFormat::F32,
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q5_0,
+    WeightFormat::Q8_0,
+    WeightFormat::Q4K,
+    WeightFormat::Q5K,
+    WeightFormat::Q6K,
+    WeightFormat::Mxfp4,
+    WeightFormat::Nvfp4,
+];
+
+/// The formats candle also has (it has no FP4).
+const CANDLE_FORMATS: [WeightFormat; 7] = [
     WeightFormat::Q4_0,
     WeightFormat::Q4_1,
     WeightFormat::Q5_0,
@@ -55,6 +68,19 @@ fn random_weights(format: WeightFormat, n: usize, k: usize, rng: &mut StdRng) ->
                 put_f16(block, 2, rng, 0.002);
             }
             WeightFormat::Q6K => put_f16(block, 208, rng, 0.002),
+            // Scales of trained weights: 2^-10 .. 2^-3 (halved).
+            WeightFormat::Mxfp4 => block[0] = rng.random_range(117..=124),
+            // UE4M3 bytes over the normal range and a few subnormals,
+            // never the NaN 0x7F; now and then a zero sub-block scale.
+            WeightFormat::Nvfp4 => {
+                for d in &mut block[0..4] {
+                    *d = match rng.random_range(0..16) {
+                        0 => 0,
+                        1 => rng.random_range(1..8),
+                        _ => rng.random_range(8..0x7F),
+                    };
+                }
+            }
         }
     }
     bytes
@@ -121,7 +147,11 @@ fn zero_k() -> ActBlockK {
 fn reference(format: WeightFormat, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
     let acts = quantize(format, x, k);
     let rb = format.row_bytes(k);
-    let nb = k / format.block_values();
+    let nb = match &acts {
+        Acts::F32 => k,
+        Acts::B32(_) => k / QK32,
+        Acts::K(_) => k / QK_K,
+    };
     let mut out = vec![0f32; m * n];
     for r in 0..m {
         for c in 0..n {
@@ -262,7 +292,7 @@ fn candle_dot(format: WeightFormat, row: &[u8], x: &[f32]) -> f32 {
         WeightFormat::Q4K => dot::<BlockQ4K>(row, x),
         WeightFormat::Q5K => dot::<BlockQ5K>(row, x),
         WeightFormat::Q6K => dot::<BlockQ6K>(row, x),
-        WeightFormat::F32 => unreachable!(),
+        _ => unreachable!("candle has no {format:?}"),
     }
 }
 
@@ -272,7 +302,7 @@ fn candle_dot(format: WeightFormat, row: &[u8], x: &[f32]) -> f32 {
 #[test]
 fn the_reference_is_candles_generic_dot_product() {
     let mut rng = StdRng::seed_from_u64(5);
-    for format in &FORMATS[1..] {
+    for format in &CANDLE_FORMATS {
         let format = *format;
         let k = 2 * QK_K;
         let w = random_weights(format, 1, k, &mut rng);
@@ -301,7 +331,7 @@ fn the_reference_is_candles_generic_dot_product() {
 #[test]
 fn dequantization_equals_candles() {
     let mut rng = StdRng::seed_from_u64(9);
-    for format in &FORMATS[1..] {
+    for format in &CANDLE_FORMATS {
         let format = *format;
         let k = 2 * QK_K;
         let w = random_weights(format, 1, k, &mut rng);
@@ -319,7 +349,7 @@ fn dequantization_equals_candles() {
             WeightFormat::Q4K => deq::<BlockQ4K>(&w, &mut theirs),
             WeightFormat::Q5K => deq::<BlockQ5K>(&w, &mut theirs),
             WeightFormat::Q6K => deq::<BlockQ6K>(&w, &mut theirs),
-            WeightFormat::F32 => unreachable!(),
+            _ => unreachable!("candle has no {format:?}"),
         }
         assert_eq!(bits(&ours), bits(&theirs), "{format:?}");
     }
@@ -493,5 +523,156 @@ fn the_gated_delta_rule_matches_its_reference_on_every_tier_and_thread_count() {
         }
         assert_eq!(stepped, out, "{threads} threads");
         assert_eq!(stepped_state, state, "{threads} threads");
+    }
+}
+
+/// E2M1 from its bits (sign, 2 exponent bits with bias 1, 1 mantissa bit),
+/// doubled as ggml's tables are: independent of [`formats::KVALUES_FP4`].
+fn e2m1_doubled(code: u8) -> f64 {
+    let sign = if code & 8 != 0 { -1.0 } else { 1.0 };
+    let (exp, man) = ((code >> 1) & 3, (code & 1) as f64);
+    let v = if exp == 0 {
+        man * 0.5
+    } else {
+        (1.0 + man / 2.0) * 2f64.powi(exp as i32 - 1)
+    };
+    sign * 2.0 * v
+}
+
+/// UE4M3 from its bits (4 exponent bits with bias 7, 3 mantissa bits), half,
+/// as ggml reads the byte: the top bit ignored, 0 and 0x7F are 0.
+fn ue4m3_value_half(x: u8) -> f64 {
+    if x == 0 || x == 0x7F {
+        return 0.0;
+    }
+    let x = x & 0x7F;
+    let (exp, man) = (((x >> 3) & 0xF) as i32, (x & 7) as f64);
+    let v = if exp == 0 {
+        man / 8.0 * 2f64.powi(-6)
+    } else {
+        (1.0 + man / 8.0) * 2f64.powi(exp - 7)
+    };
+    v * 0.5
+}
+
+fn dequantized(format: WeightFormat, block: &[u8]) -> Vec<f32> {
+    let mut out = vec![0f32; format.block_values()];
+    formats::dequantize_row(format, block, &mut out);
+    out
+}
+
+#[test]
+fn fp4_dequantization_follows_the_bit_definitions() {
+    // The table is E2M1 doubled.
+    for code in 0..16u8 {
+        assert_eq!(
+            formats::KVALUES_FP4[code as usize] as f64,
+            e2m1_doubled(code),
+            "code {code:#x}"
+        );
+    }
+    // MXFP4, e = 127: scale 0.5 (ggml's half of 2^0).
+    let mut b = [0u8; 17];
+    b[0] = 127;
+    b[1] = 0x07; // value 0: code 7 = 12 · 0.5; value 16: code 0
+    b[2] = 0xF9; // value 1: code 9 = -1 · 0.5; value 17: code 0xF = -12 · 0.5
+    b[16] = 0x5A; // value 15: code 0xA = -2 · 0.5; value 31: code 5 = 6 · 0.5
+    let v = dequantized(WeightFormat::Mxfp4, &b);
+    assert_eq!(v[0], 6.0);
+    assert_eq!(v[16], 0.0);
+    assert_eq!(v[1], -0.5);
+    assert_eq!(v[17], -6.0);
+    assert_eq!(v[15], -1.0);
+    assert_eq!(v[31], 3.0);
+    assert!(v[2..15].iter().chain(&v[18..31]).all(|&x| x == 0.0));
+    // Other exponents: 2^(e-127) · 0.5, subnormal at the bottom.
+    for (e, want) in [
+        (130u8, 4.0f32),
+        (120, 2f32.powi(-8)),
+        (1, 2f32.powi(-127)),
+        (0, 2f32.powi(-128)),
+        (254, 2f32.powi(126)),
+    ] {
+        b[0] = e;
+        let v = dequantized(WeightFormat::Mxfp4, &b);
+        assert_eq!(v[0], 12.0 * want, "e = {e}");
+        assert_eq!(formats::e8m0_half(e), want, "e = {e}");
+        assert_eq!(
+            want as f64,
+            0.5 * 2f64.powi(e as i32 - 127),
+            "e = {e} by definition"
+        );
+    }
+    // UE4M3 scale bytes, as ggml reads them (halved; 0 and 0x7F are 0).
+    for (x, want) in [
+        (0x38u8, 0.5f32), // 1.0
+        (0x3C, 0.75),     // 1.5
+        (0x40, 1.0),      // 2.0
+        (0x30, 0.25),     // 0.5
+        (0x01, 2f32.powi(-10)),
+        (0x07, 7.0 * 2f32.powi(-10)),
+        (0x7E, 224.0), // 448, the largest finite
+        (0x7F, 0.0),
+        (0x00, 0.0),
+    ] {
+        assert_eq!(formats::ue4m3_half(x), want, "{x:#04x}");
+    }
+    for x in 0..=255u8 {
+        assert_eq!(
+            formats::ue4m3_half(x) as f64,
+            ue4m3_value_half(x),
+            "{x:#04x}"
+        );
+    }
+    // NVFP4: sub-block s reads bytes 4 + 8s .., low nibble value 16s + j,
+    // high nibble 16s + j + 8.
+    let mut b = [0u8; 36];
+    b[0..4].copy_from_slice(&[0x38, 0x40, 0x7F, 0x30]);
+    b[4] = 0x17; // value 0: 12 · 0.5; value 8: 1 · 0.5
+    b[4 + 8] = 0xE3; // value 16: 3 · 1.0; value 24: -8 · 1.0
+    b[4 + 16] = 0x77; // sub-block 2 has scale 0x7F: zeros
+    b[4 + 31] = 0x2C; // value 55: -4 · 0.25; value 63: 2 · 0.25
+    let v = dequantized(WeightFormat::Nvfp4, &b);
+    let mut want = vec![0f32; 64];
+    want[0] = 6.0;
+    want[8] = 0.5;
+    want[16] = 3.0;
+    want[24] = -8.0;
+    want[55] = -1.0;
+    want[63] = 0.5;
+    assert_eq!(v, want);
+}
+
+#[test]
+fn fp4_references_equal_the_dequantized_dot_product() {
+    // The integer-sum reference equals Σ w·a over dequantized weights and
+    // activations (in f64) to rounding: the blocks' values meet the right
+    // activations and scales.
+    let mut rng = StdRng::seed_from_u64(17);
+    for format in [WeightFormat::Mxfp4, WeightFormat::Nvfp4] {
+        let k = 4 * 64;
+        let w = random_weights(format, 1, k, &mut rng);
+        let mut wf = vec![0f32; k];
+        formats::dequantize_row(format, &w, &mut wf);
+        for trial in 0..3 {
+            let x = random_inputs(3, k, &mut rng)[trial * k..(trial + 1) * k].to_vec();
+            let Acts::B32(a) = quantize(format, &x, k) else {
+                panic!("{format:?} takes q8_0 activations")
+            };
+            let exact: f64 = (0..k)
+                .map(|i| wf[i] as f64 * a[i / 32].qs[i % 32] as f64 * a[i / 32].d as f64)
+                .sum();
+            let ours = formats::reference_dot32(format, &w, &a) as f64;
+            let scale: f64 = (0..k)
+                .map(|i| (wf[i] as f64 * a[i / 32].qs[i % 32] as f64 * a[i / 32].d as f64).abs())
+                .sum();
+            assert!(
+                (ours - exact).abs() <= 1e-5 * scale.max(1e-30),
+                "{format:?}: {ours} vs {exact}"
+            );
+            if trial != 1 {
+                assert!(exact != 0.0, "{format:?}: a degenerate test row");
+            }
+        }
     }
 }
