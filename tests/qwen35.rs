@@ -384,3 +384,35 @@ fn an_ollama_reference_to_a_qwen35moe_blob_loads_and_generates() {
         .success();
     assert!(!run.stdout.trim().is_empty(), "{}", run.stderr);
 }
+
+/// Qwen 3.5's own template opens the answer with an empty thinking block:
+/// showdown renders `enable_thinking` false, so a client (and an eval's
+/// word limit) gets the answer, not the model's reasoning before it.
+#[test]
+fn qwen35s_template_opens_the_answer_without_thinking() {
+    let source = std::fs::read_to_string(format!(
+        "{}/fixtures/templates/Qwen3.5-4B.jinja",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let template = showdown_engine::ChatTemplate::new(&source).unwrap();
+    let messages = [serde_json::json!({"role": "user", "content": "What's this project about?"})];
+    let input = |enable_thinking| showdown_engine::ChatTemplateInput {
+        messages: &messages,
+        tools: None,
+        add_generation_prompt: true,
+        enable_thinking,
+        bos_token: "",
+        eos_token: "<|im_end|>",
+    };
+    let direct = template.render(&input(false)).unwrap();
+    assert!(
+        direct.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+        "{direct:?}"
+    );
+    let thinking = template.render(&input(true)).unwrap();
+    assert!(
+        thinking.ends_with("<|im_start|>assistant\n<think>\n"),
+        "{thinking:?}"
+    );
+}

@@ -786,6 +786,7 @@ fn tools_qwen35_prompt_renders_as_its_template() {
                 messages: &structured,
                 tools: Some(&template_tools),
                 add_generation_prompt: true,
+                enable_thinking: false,
                 bos_token: "",
                 eos_token: "",
             })

@@ -119,7 +119,8 @@ impl ToolCallFormat {
     /// (a local file, an Ollama blob).
     pub fn for_architecture(architecture: &str) -> Option<Self> {
         match architecture {
-            "llama" | "qwen2" | "qwen3" | "qwen3moe" | "qwen35" | "qwen35moe" => Some(Self::Hermes),
+            "llama" | "qwen2" | "qwen3" | "qwen3moe" => Some(Self::Hermes),
+            "qwen35" | "qwen35moe" => Some(Self::Qwen35),
             "gemma3" => Some(Self::Gemma),
             _ => None,
         }

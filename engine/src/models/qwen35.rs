@@ -233,29 +233,40 @@ impl Config {
     }
 }
 
-/// A projection on rows: the packed kernels on the CPU, candle elsewhere.
-fn project(w: &Linear, x: &[f32], rows: usize, device: &Device) -> Result<Vec<f32>> {
+/// How a forward runs its projections: straight on rows on the engine's
+/// packed kernels (the fused CPU path), or each as a candle tensor
+/// operation on `device`, as the Metal and CUDA builds run them (on the CPU
+/// with `Kernels::EngineLayerByLayer` the same packed kernels inside candle
+/// operations: the same bits, which a test checks).
+#[derive(Clone, Copy)]
+struct Exec<'a> {
+    device: &'a Device,
+    rows: bool,
+}
+
+/// A projection of `rows` rows.
+fn project(w: &Linear, x: &[f32], rows: usize, exec: Exec<'_>) -> Result<Vec<f32>> {
     match w {
-        Linear::Packed(p) => {
+        Linear::Packed(p) if exec.rows => {
             let mut out = vec![0f32; rows * p.n()];
             p.matmul(x, rows, &mut out);
             Ok(out)
         }
-        Linear::Candle(_) => {
+        _ => {
             let k = x.len() / rows;
-            let xs = Tensor::from_slice(x, (rows, k), device)?;
+            let xs = Tensor::from_slice(x, (rows, k), exec.device)?;
             Ok(w.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?)
         }
     }
 }
 
-/// Several projections of the same rows; packed ones share one
+/// Several projections of the same rows; on rows, packed ones share one
 /// quantization of the activations.
 fn project_all<const N: usize>(
     ws: [&Linear; N],
     x: &[f32],
     rows: usize,
-    device: &Device,
+    exec: Exec<'_>,
 ) -> Result<[Vec<f32>; N]> {
     let packed: Vec<&PackedMatrix> = ws
         .iter()
@@ -264,7 +275,7 @@ fn project_all<const N: usize>(
             Linear::Candle(_) => None,
         })
         .collect();
-    if packed.len() == N {
+    if exec.rows && packed.len() == N {
         let mut outs: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; rows * packed[i].n()]);
         let mut products: Vec<(&PackedMatrix, &mut [f32])> = packed
             .iter()
@@ -276,19 +287,19 @@ fn project_all<const N: usize>(
     }
     let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
     for (out, w) in outs.iter_mut().zip(ws) {
-        *out = project(w, x, rows, device)?;
+        *out = project(w, x, rows, exec)?;
     }
     Ok(outs)
 }
 
-/// The gated feed-forward on rows, on whichever kernels it has.
-fn mlp_rows(mlp: &Mlp, x: &[f32], rows: usize, hidden: usize, device: &Device) -> Result<Vec<f32>> {
-    if mlp.packed().is_some() {
+/// The gated feed-forward on rows.
+fn mlp_rows(mlp: &Mlp, x: &[f32], rows: usize, hidden: usize, exec: Exec<'_>) -> Result<Vec<f32>> {
+    if exec.rows && mlp.packed().is_some() {
         let mut out = vec![0f32; rows * hidden];
         mlp.forward_rows(x, rows, &mut out);
         return Ok(out);
     }
-    let xs = Tensor::from_slice(x, (1, rows, x.len() / rows), device)?;
+    let xs = Tensor::from_slice(x, (1, rows, x.len() / rows), exec.device)?;
     Ok(mlp.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
@@ -381,7 +392,7 @@ impl GatedDeltaNet {
         cfg: &Config,
         layer: usize,
         cache: &mut KvCache,
-        device: &Device,
+        exec: Exec<'_>,
     ) -> Result<Vec<f32>> {
         let heads = cfg.linear_value_heads;
         let d = cfg.linear_key_head_dim;
@@ -391,7 +402,7 @@ impl GatedDeltaNet {
             [&self.qkv, &self.gate, &self.beta, &self.alpha],
             x,
             seq,
-            device,
+            exec,
         )?;
         for b in &mut beta {
             *b = sigmoid(*b);
@@ -445,7 +456,7 @@ impl GatedDeltaNet {
         for (y, &g) in o.iter_mut().zip(&z) {
             *y *= g * sigmoid(g);
         }
-        project(&self.out, &o, seq, device)
+        project(&self.out, &o, seq, exec)
     }
 }
 
@@ -483,14 +494,14 @@ impl GatedAttention {
         rope: &RopeTables,
         layer: usize,
         cache: &mut KvCache,
-        device: &Device,
+        exec: Exec<'_>,
     ) -> Result<Vec<f32>> {
         let (n_head, n_kv, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let [q_gate, mut k, v] = project_all([&self.q, &self.k, &self.v], x, seq, device)?;
+        let [q_gate, mut k, v] = project_all([&self.q, &self.k, &self.v], x, seq, exec)?;
         let mut q = Vec::with_capacity(seq * n_head * d);
         let mut gate = Vec::with_capacity(seq * n_head * d);
         for head in q_gate.chunks_exact(2 * d) {
@@ -528,7 +539,7 @@ impl GatedAttention {
         for (y, &g) in y.iter_mut().zip(&gate) {
             *y *= sigmoid(g);
         }
-        project(&self.o, &y, seq, device)
+        project(&self.o, &y, seq, exec)
     }
 }
 
@@ -547,24 +558,24 @@ enum FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, x: &[f32], seq: usize, hidden: usize, device: &Device) -> Result<Vec<f32>> {
+    fn forward(&self, x: &[f32], seq: usize, hidden: usize, exec: Exec<'_>) -> Result<Vec<f32>> {
         match self {
-            Self::Dense(mlp) => mlp_rows(mlp, x, seq, hidden, device),
+            Self::Dense(mlp) => mlp_rows(mlp, x, seq, hidden, exec),
             Self::Moe {
                 routed,
                 shared,
                 shared_gate,
                 shared_rows,
             } => {
-                let mut out = if routed.runs_on_rows() {
+                let mut out = if exec.rows && routed.runs_on_rows() {
                     let mut out = vec![0f32; seq * hidden];
                     routed.forward_rows_packed(x, seq, &mut out);
                     out
                 } else {
-                    let xs = Tensor::from_slice(x, (1, seq, hidden), device)?;
+                    let xs = Tensor::from_slice(x, (1, seq, hidden), exec.device)?;
                     routed.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?
                 };
-                let expert = mlp_rows(shared, x, seq, hidden, device)?;
+                let expert = mlp_rows(shared, x, seq, hidden, exec)?;
                 let gate = x
                     .chunks_exact(hidden)
                     .map(|row| row.iter().zip(shared_gate).map(|(a, b)| a * b).sum::<f32>());
@@ -608,6 +619,8 @@ pub struct Model {
     config: Config,
     info: ModelInfo,
     device: Device,
+    /// Whether packed projections run straight on rows ([`Exec`]).
+    rows: bool,
 }
 
 impl Model {
@@ -692,6 +705,7 @@ impl Model {
             config: cfg,
             info,
             device: device.clone(),
+            rows: gguf.fused_on(device),
         })
     }
 
@@ -708,9 +722,12 @@ impl Model {
         &self.device
     }
 
-    /// Whether every projection runs the engine's packed kernels.
+    /// Whether the forward runs on rows with the projections on the
+    /// engine's packed kernels directly (see [`Exec`]).
     pub(crate) fn runs_fused(&self) -> bool {
-        matches!(self.embed, Embeddings::Packed(_)) && matches!(self.output, Linear::Packed(_))
+        self.rows
+            && matches!(self.embed, Embeddings::Packed(_))
+            && matches!(self.output, Linear::Packed(_))
     }
 
     /// Token rows each routed expert of each MoE layer has computed since
@@ -739,6 +756,10 @@ impl Model {
         let cfg = &self.config;
         let seq = tokens.len();
         let hidden = cfg.hidden_size;
+        let exec = Exec {
+            device: &self.device,
+            rows: self.rows,
+        };
         let mut xs = match self.embed.rows(tokens)? {
             Some(rows) => rows,
             None => {
@@ -751,23 +772,23 @@ impl Model {
         for (layer, block) in self.blocks.iter().enumerate() {
             block.attn_norm.rows(&xs, &mut normed);
             let h = match &block.mixer {
-                Mixer::Linear(net) => net.forward(&normed, seq, cfg, layer, cache, &self.device)?,
+                Mixer::Linear(net) => net.forward(&normed, seq, cfg, layer, cache, exec)?,
                 Mixer::Attention(attn) => {
-                    attn.forward(&normed, seq, cfg, &rope, layer, cache, &self.device)?
+                    attn.forward(&normed, seq, cfg, &rope, layer, cache, exec)?
                 }
             };
             for (x, y) in xs.iter_mut().zip(&h) {
                 *x += y;
             }
             block.post_attn_norm.rows(&xs, &mut normed);
-            let h = block.ffn.forward(&normed, seq, hidden, &self.device)?;
+            let h = block.ffn.forward(&normed, seq, hidden, exec)?;
             for (x, y) in xs.iter_mut().zip(&h) {
                 *x += y;
             }
         }
         let mut last = vec![0f32; hidden];
         self.norm.rows(&xs[(seq - 1) * hidden..], &mut last);
-        let logits = project(&self.output, &last, 1, &self.device)?;
+        let logits = project(&self.output, &last, 1, exec)?;
         let n = logits.len();
         Ok(Tensor::from_vec(logits, n, &self.device)?)
     }
