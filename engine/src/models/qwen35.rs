@@ -627,6 +627,14 @@ impl Model {
     /// Loads weights from a `qwen35` or `qwen35moe` GGUF.
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         let cfg = Config::from_gguf(gguf)?;
+        // llama.cpp multiplies a projection by its optional `NAME.scale`
+        // tensor (NVFP4's second, per-tensor scale). Not applied here yet:
+        // refuse such a file rather than compute something else.
+        if let Some(name) = gguf.tensor_names().find(|n| n.ends_with(".scale")) {
+            return Err(EngineError::Metadata(format!(
+                "tensor `{name}`: per-tensor weight scales (NVFP4's second scale) are not supported yet"
+            )));
+        }
         let table = Linear::load(gguf, "token_embd.weight", device)?;
         let embed = Embeddings::from_linear(&table);
         let tied = !gguf.has_tensor("output.weight");
