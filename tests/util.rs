@@ -445,6 +445,8 @@ pub struct LlamaCppAgreement {
     pub max_logprob_error: f32,
     /// Mean of each step's largest |Δ log-probability|.
     pub mean_logprob_error: f32,
+    /// Each step's largest |Δ log-probability|, in order.
+    pub step_errors: Vec<f32>,
 }
 
 /// Feeds each case's prompt, then llama.cpp's greedy tokens one at a time
@@ -496,6 +498,7 @@ pub fn follow_llama_cpp(
                 .map(|&(id, lp)| (ours[id] - lp).abs())
                 .fold(0f32, f32::max);
             agreement.max_logprob_error = agreement.max_logprob_error.max(error);
+            agreement.step_errors.push(error);
             error_sum += error;
             agreement.steps += 1;
             if argmax(&logits) != token {
