@@ -50,6 +50,28 @@ pub struct ModelInfo {
     pub active_parameters: u64,
 }
 
+/// Parameters one token uses in a file of `total`: the row of the embedding
+/// table it reads (besides the whole table when that is also the output
+/// head), and no routed expert it is not routed to (`experts - top_k` idle
+/// per layer, each of `expert_parameters`). Everything else, a shared
+/// expert included, runs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn active_parameters(
+    total: u64,
+    tied: bool,
+    vocab: usize,
+    hidden: usize,
+    layers: usize,
+    experts: usize,
+    top_k: usize,
+    expert_parameters: u64,
+) -> u64 {
+    let embedding = (vocab * hidden) as u64;
+    let active = if tied { total } else { total - embedding };
+    let idle = experts.saturating_sub(top_k) as u64 * expert_parameters * layers as u64;
+    active - idle + hidden as u64
+}
+
 /// A loaded model of any supported architecture.
 pub enum Model {
     /// Llama family (SmolLM2, Llama 2/3, Mistral).

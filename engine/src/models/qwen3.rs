@@ -150,13 +150,16 @@ impl Model {
             });
         }
         let total = gguf.parameter_count();
-        let embedding = (cfg.vocab_size * cfg.hidden_size) as u64;
-        // One embedding row is read per token; the table counts in full when
-        // it is also the output head.
-        let active = if tied { total } else { total - embedding };
-        let idle = cfg.num_experts.saturating_sub(cfg.num_experts_per_tok) as u64
-            * SparseMoe::expert_parameters(cfg.hidden_size, cfg.moe_intermediate_size)
-            * cfg.num_hidden_layers as u64;
+        let active = crate::models::active_parameters(
+            total,
+            tied,
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.num_experts,
+            cfg.num_experts_per_tok,
+            SparseMoe::expert_parameters(cfg.hidden_size, cfg.moe_intermediate_size),
+        );
         let info = ModelInfo {
             architecture: gguf.architecture().to_string(),
             block_count: cfg.num_hidden_layers,
@@ -164,7 +167,7 @@ impl Model {
             context_length: cfg.max_position_embeddings,
             vocab_size: cfg.vocab_size,
             total_parameters: total,
-            active_parameters: active - idle + cfg.hidden_size as u64,
+            active_parameters: active,
         };
         let norm = RmsNorm::new(gguf, "output_norm.weight", cfg.rms_norm_eps, device)?;
         Ok(Self {

@@ -688,13 +688,16 @@ impl Model {
             });
         }
         let total = gguf.parameter_count();
-        let embedding = (cfg.vocab_size * cfg.hidden_size) as u64;
-        // One embedding row is read per token; routed experts no token goes
-        // to are idle. The shared expert always runs.
-        let active = if tied { total } else { total - embedding };
-        let idle = cfg.num_experts.saturating_sub(cfg.num_experts_per_tok) as u64
-            * SparseMoe::expert_parameters(cfg.hidden_size, cfg.moe_intermediate_size)
-            * cfg.num_hidden_layers as u64;
+        let active = crate::models::active_parameters(
+            total,
+            tied,
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.num_experts,
+            cfg.num_experts_per_tok,
+            SparseMoe::expert_parameters(cfg.hidden_size, cfg.moe_intermediate_size),
+        );
         let info = ModelInfo {
             architecture: gguf.architecture().to_string(),
             block_count: cfg.num_hidden_layers,
@@ -702,7 +705,7 @@ impl Model {
             context_length: cfg.max_position_embeddings,
             vocab_size: cfg.vocab_size,
             total_parameters: total,
-            active_parameters: active - idle + cfg.hidden_size as u64,
+            active_parameters: active,
         };
         Ok(Self {
             embed,
