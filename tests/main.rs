@@ -5,6 +5,8 @@ mod faults;
 mod fp4;
 mod fp4_gen;
 mod gemma3;
+mod gemma4;
+mod gemma4_gen;
 mod github;
 mod hostile_files;
 mod hostile_requests;

@@ -51,6 +51,13 @@ pub struct Qwen35Spec {
     /// The routed experts in an FP4 format, quantized from the same f32
     /// draws, instead of Q4_K/Q6_K (`None`: the fixtures' files).
     pub fp4_experts: Option<Fp4>,
+    /// llama.cpp's optional second scales (`NAME.scale`, as NVFP4 exports
+    /// carry): each routed expert's values divided by `amax / (6 · 448)`
+    /// (NVFP4's largest code times UE4M3's largest scale) before quantizing,
+    /// that factor written per expert; and a per-tensor factor beside every
+    /// projection of the trunk (its weights as drawn, so the factor changes
+    /// the model and a loader that dropped it would be caught).
+    pub second_scales: bool,
 }
 
 impl Qwen35Spec {
@@ -76,6 +83,7 @@ impl Qwen35Spec {
             top_k: 4,
             seed: 35,
             fp4_experts: None,
+            second_scales: false,
         }
     }
 
@@ -256,7 +264,20 @@ fn moe_layer(
         ("ffn_down_exps", [e, h, ff], GgmlDType::Q6K, ff),
     ];
     for (name, dims, dtype, inp) in parts {
-        let t = rng.tensor(&dims, (3.0 / inp as f32).sqrt());
+        let mut t = rng.tensor(&dims, (3.0 / inp as f32).sqrt());
+        if spec.second_scales {
+            let (t_scaled, scales) = divide_per_expert(&t);
+            t = t_scaled;
+            tensors.push((
+                format!("{p}.{name}.scale"),
+                QTensor::quantize(
+                    &candle_core::Tensor::new(scales.as_slice(), &candle_core::Device::Cpu)
+                        .unwrap(),
+                    GgmlDType::F32,
+                )
+                .unwrap(),
+            ));
+        }
         if let Some(format) = spec.fp4_experts {
             let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
             let (bytes, decoded) = crate::fp4_gen::quantize(format, &values);
@@ -276,6 +297,53 @@ fn moe_layer(
     ));
     tensors.extend(dense_ffn(rng, spec, p, "_shexp"));
     tensors
+}
+
+/// Each expert's values divided by its `amax / (6 · 448)`, and those factors.
+fn divide_per_expert(t: &candle_core::Tensor) -> (candle_core::Tensor, Vec<f32>) {
+    let dims = t.dims().to_vec();
+    let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    let per = values.len() / dims[0];
+    let mut scales = Vec::with_capacity(dims[0]);
+    let mut out = Vec::with_capacity(values.len());
+    for expert in values.chunks_exact(per) {
+        let amax = expert.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = amax / (6.0 * 448.0);
+        scales.push(s);
+        out.extend(expert.iter().map(|v| v / s));
+    }
+    (
+        candle_core::Tensor::from_vec(out, dims, &candle_core::Device::Cpu).unwrap(),
+        scales,
+    )
+}
+
+/// A per-tensor `NAME.scale` of one value beside each trunk projection of
+/// `layer`, 0.5 to 1.5 by name and layer, with no weight rescaled.
+fn per_tensor_scales(spec: &Qwen35Spec, layer: usize) -> Vec<(String, QTensor)> {
+    let names: &[&str] = if spec.is_recurrent(layer) {
+        &["attn_qkv", "attn_gate", "ssm_beta", "ssm_alpha", "ssm_out"]
+    } else {
+        &["attn_q", "attn_k", "attn_v", "attn_output"]
+    };
+    let shared: &[&str] = if spec.experts > 0 {
+        &["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"]
+    } else {
+        &["ffn_gate", "ffn_up", "ffn_down"]
+    };
+    names
+        .iter()
+        .chain(shared)
+        .enumerate()
+        .map(|(i, name)| {
+            let s = 0.5 + ((i + 3 * layer) % 5) as f32 * 0.25;
+            let t = candle_core::Tensor::new(&[s], &candle_core::Device::Cpu).unwrap();
+            (
+                format!("blk.{layer}.{name}.scale"),
+                QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn dense_ffn(rng: &mut Rng, spec: &Qwen35Spec, p: &str, suffix: &str) -> Vec<(String, QTensor)> {
@@ -332,6 +400,9 @@ pub fn write_qwen35_fp4(path: &Path, spec: &Qwen35Spec) -> Vec<(String, Vec<f32>
             tensors.extend(moe_layer(&mut rng, spec, &p, &mut fp4));
         } else {
             tensors.extend(dense_ffn(&mut rng, spec, &p, ""));
+        }
+        if spec.second_scales {
+            tensors.extend(per_tensor_scales(spec, layer));
         }
     }
     write_gguf(path, &metadata, &tensors);

@@ -363,6 +363,11 @@ impl Gguf {
             + fp4
     }
 
+    /// A tensor's dimensions, outermost first (`(n_expert, rows, cols)`).
+    pub fn tensor_dims(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.entry(name)?.dims.to_vec())
+    }
+
     /// Number of elements of a tensor, if present.
     pub fn tensor_elem_count(&self, name: &str) -> Option<usize> {
         self.entry(name).ok().map(|e| e.dims.iter().product())
@@ -417,30 +422,107 @@ impl Gguf {
         n_expert: usize,
         device: &Device,
     ) -> Result<Vec<Linear>> {
+        let rows = self.entry(name)?.dims.get(1).copied().unwrap_or(0);
+        self.expert_row_linears(name, n_expert, 0..rows, device)
+    }
+
+    /// Output rows `rows` of each expert of a stacked `(n_expert, rows,
+    /// cols)` tensor as a layer: a fused `ffn_gate_up_exps` is the gate in
+    /// its first half and the up projection in its second.
+    pub(crate) fn expert_row_linears(
+        &self,
+        name: &str,
+        n_expert: usize,
+        rows: std::ops::Range<usize>,
+        device: &Device,
+    ) -> Result<Vec<Linear>> {
         let entry = self.entry(name)?;
         let dims = entry.dims;
-        if dims.len() != 3 || dims[0] != n_expert {
+        if dims.len() != 3 || dims[0] != n_expert || rows.end > dims[1] || rows.is_empty() {
             return Err(EngineError::Metadata(format!(
-                "tensor `{name}` has shape {dims:?}, expected ({n_expert}, rows, cols)"
+                "tensor `{name}` has shape {dims:?}, expected ({n_expert}, at least {} rows, cols)",
+                rows.end
             )));
         }
+        let scales = self.output_scales(name, n_expert)?;
+        let scale = |e: usize| scales.as_ref().map(|s| s[e]);
         let range = self.data_range(&entry)?;
         let per_expert = (range.end - range.start) / n_expert;
+        let row_bytes = per_expert / dims[1];
+        let part = |e: usize| {
+            let start = range.start + e * per_expert;
+            start + rows.start * row_bytes..start + rows.end * row_bytes
+        };
         let mut packed = Vec::with_capacity(n_expert);
         for e in 0..n_expert {
-            let part = range.start + e * per_expert..range.start + (e + 1) * per_expert;
-            match self.pack_range(name, entry.ty, dims[1], dims[2], part, device)? {
-                Some(p) => packed.push(Linear::Packed(std::sync::Arc::new(p))),
+            match self.pack_range(name, entry.ty, rows.len(), dims[2], part(e), device)? {
+                Some(mut p) => {
+                    if let Some(s) = scale(e) {
+                        p.set_output_scale(s);
+                    }
+                    packed.push(Linear::Packed(std::sync::Arc::new(p)))
+                }
                 None => break,
             }
         }
         if packed.len() == n_expert {
             return Ok(packed);
         }
-        self.expert_tensors(name, n_expert, device)?
-            .into_iter()
-            .map(|t| Ok(Linear::Candle(QMatMul::from_qtensor(t)?)))
+        if !dims[2].is_multiple_of(entry.ty.block_size()) {
+            return Err(EngineError::Metadata(format!(
+                "tensor `{name}`: rows of {} values are not whole {:?} blocks",
+                dims[2], entry.ty
+            )));
+        }
+        (0..n_expert)
+            .map(|e| {
+                let data = &self.mmap[part(e)];
+                let dims = vec![rows.len(), dims[2]];
+                let t = match entry.ty {
+                    TensorType::Ggml(dtype) => {
+                        candle_core::quantized::ggml_file::qtensor_from_ggml(
+                            dtype, data, dims, device,
+                        )?
+                    }
+                    TensorType::Fp4(format) => fp4_qtensor(format, data, dims, device)?,
+                };
+                Ok(Linear::Candle {
+                    matmul: QMatMul::from_qtensor(t)?,
+                    output_scale: scale(e),
+                })
+            })
             .collect()
+    }
+
+    /// The output scales of weight `name` (`STEM.weight`): the values of
+    /// `STEM.scale` when the file has it, which must be `n` finite numbers
+    /// (one for a matrix, one per expert for a stacked one). llama.cpp
+    /// multiplies the projection's output by them (NVFP4's second scale);
+    /// its `STEM.input_scale` tensors are read by no operation there, nor
+    /// here.
+    pub(crate) fn output_scales(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+        let stem = name.strip_suffix(".weight").unwrap_or(name);
+        let scale_name = format!("{stem}.scale");
+        if !self.has_tensor(&scale_name) {
+            return Ok(None);
+        }
+        let values: Vec<f32> = self
+            .tensor(&scale_name, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        if values.len() != n {
+            return Err(EngineError::Metadata(format!(
+                "tensor `{scale_name}` has {} values; the output scale of `{name}` is {n}",
+                values.len()
+            )));
+        }
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(EngineError::Metadata(format!(
+                "tensor `{scale_name}` holds {bad}, not a finite scale"
+            )));
+        }
+        Ok(Some(values))
     }
 
     fn entry(&self, name: &str) -> Result<Entry<'_>> {
@@ -492,42 +574,6 @@ impl Gguf {
                 )
             };
         }
-    }
-
-    /// Splits a stacked expert tensor, `(n_expert, rows, cols)` with the
-    /// experts outermost as GGUF stores `ffn_*_exps`, into one 2-D tensor per
-    /// expert. Each expert's blocks are contiguous, so this is a byte slice.
-    fn expert_tensors(&self, name: &str, n_expert: usize, device: &Device) -> Result<Vec<QTensor>> {
-        let entry = self.entry(name)?;
-        let dims = entry.dims;
-        if dims.len() != 3 || dims[0] != n_expert {
-            return Err(EngineError::Metadata(format!(
-                "tensor `{name}` has shape {dims:?}, expected ({n_expert}, rows, cols)"
-            )));
-        }
-        let ty = entry.ty;
-        let elems = dims[1] * dims[2];
-        if !elems.is_multiple_of(ty.block_size()) {
-            return Err(EngineError::Metadata(format!(
-                "tensor `{name}`: an expert is not a whole number of {ty:?} blocks"
-            )));
-        }
-        let bytes = elems / ty.block_size() * ty.type_size();
-        let start = (self.content.tensor_data_offset + entry.offset) as usize;
-        (0..n_expert)
-            .map(|e| {
-                let data = &self.mmap[start + e * bytes..start + (e + 1) * bytes];
-                let dims = vec![dims[1], dims[2]];
-                Ok(match ty {
-                    TensorType::Ggml(dtype) => {
-                        candle_core::quantized::ggml_file::qtensor_from_ggml(
-                            dtype, data, dims, device,
-                        )?
-                    }
-                    TensorType::Fp4(format) => fp4_qtensor(format, data, dims, device)?,
-                })
-            })
-            .collect()
     }
 
     /// Reads a tensor by its GGUF name onto `device`. An FP4 tensor, which

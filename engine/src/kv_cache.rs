@@ -138,6 +138,14 @@ impl<T: KvElement> Rows<T> {
         }
     }
 
+    /// Positions `..end`.
+    fn view(&self, end: usize) -> KvView<'_, T> {
+        KvView {
+            k: self.k.values(end * self.row),
+            v: self.v.values(end * self.row),
+        }
+    }
+
     fn bytes(&self) -> usize {
         (self.k.written + self.v.written) * std::mem::size_of::<T>()
     }
@@ -559,6 +567,21 @@ impl KvCache {
                 )))
             }
         })
+    }
+
+    /// The keys and values `layer` holds for every held position and the
+    /// `seq` new ones it has appended in this forward, for a layer that
+    /// reads another's cache instead of storing its own (Gemma 4's shared
+    /// KV layers).
+    pub(crate) fn rows_of(&self, layer: usize, seq: usize) -> Result<KvRows<'_>> {
+        let end = self.len() + seq;
+        match self.layers.get(layer).and_then(Option::as_ref) {
+            Some(LayerKv::F16(rows)) => Ok(KvRows::F16(rows.view(end))),
+            Some(LayerKv::F32(rows)) => Ok(KvRows::F32(rows.view(end))),
+            _ => Err(EngineError::InvalidRequest(format!(
+                "layer {layer} holds no key/value rows to share"
+            ))),
+        }
     }
 
     /// Writes the new keys and values `(1, n_kv_heads, seq, head_dim)` of `layer`

@@ -52,6 +52,9 @@ pub struct PackedMatrix {
     /// Columns per group.
     g: usize,
     data: AlignedBytes,
+    /// A factor every output is multiplied by after the sum (NVFP4's
+    /// second, per-tensor scale: llama.cpp's `NAME.scale`), 1 for none.
+    output_scale: f32,
 }
 
 impl std::fmt::Debug for PackedMatrix {
@@ -187,7 +190,27 @@ impl PackedMatrix {
             k,
             g,
             data,
+            output_scale: 1.0,
         })
+    }
+
+    /// Multiplies every output by `scale` after the sum, as llama.cpp
+    /// multiplies a projection by its `NAME.scale` tensor.
+    pub fn set_output_scale(&mut self, scale: f32) {
+        self.output_scale = scale;
+    }
+
+    /// The factor outputs are multiplied by ([`PackedMatrix::set_output_scale`]).
+    pub fn output_scale(&self) -> f32 {
+        self.output_scale
+    }
+
+    fn apply_output_scale(&self, out: &mut [f32]) {
+        if self.output_scale != 1.0 {
+            for y in out {
+                *y *= self.output_scale;
+            }
+        }
     }
 
     /// The weight format.
@@ -256,6 +279,7 @@ impl PackedMatrix {
             let acts = self.quantize(pool, x, m, &mut acts);
             self.run_groups(pool, &acts, x, m, out);
         });
+        self.apply_output_scale(out);
     }
 
     fn quantize<'a>(
@@ -331,6 +355,9 @@ impl PackedMatrix {
                 }
             });
         });
+        for (w, out) in products.iter_mut() {
+            w.apply_output_scale(out);
+        }
     }
 
     /// How one product is cut into tasks: rows in chunks so a tall input

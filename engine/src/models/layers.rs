@@ -24,19 +24,42 @@ use crate::models::moe::SparseMoe;
 pub(crate) enum Linear {
     /// The engine's kernels (CPU).
     Packed(Arc<PackedMatrix>),
-    /// candle's quantized matmul (other devices, other formats).
-    Candle(QMatMul),
+    /// candle's quantized matmul (other devices, other formats), with the
+    /// factor its outputs are multiplied by, as in
+    /// [`PackedMatrix::set_output_scale`].
+    Candle {
+        matmul: QMatMul,
+        output_scale: Option<f32>,
+    },
 }
 
 impl Linear {
-    /// The weight `name`, packed for the CPU when the kernels handle it.
+    /// The weight `name`, packed for the CPU when the kernels handle it,
+    /// with its output scale when the file has one (`NAME.scale`, NVFP4's
+    /// second, per-tensor scale, which llama.cpp applies to any projection).
     pub(crate) fn load(gguf: &Gguf, name: &str, device: &Device) -> Result<Self> {
-        if let Some(packed) = gguf.packed(name, device)? {
+        let scale = gguf.output_scales(name, 1)?.map(|s| s[0]);
+        Self::load_scaled(gguf, name, scale, device)
+    }
+
+    /// The weight `name` with an explicit output scale (none: the file's
+    /// `NAME.scale`, if any, means something else to the architecture).
+    pub(crate) fn load_scaled(
+        gguf: &Gguf,
+        name: &str,
+        output_scale: Option<f32>,
+        device: &Device,
+    ) -> Result<Self> {
+        if let Some(mut packed) = gguf.packed(name, device)? {
+            if let Some(s) = output_scale {
+                packed.set_output_scale(s);
+            }
             return Ok(Self::Packed(Arc::new(packed)));
         }
-        Ok(Self::Candle(QMatMul::from_qtensor(
-            gguf.tensor(name, device)?,
-        )?))
+        Ok(Self::Candle {
+            matmul: QMatMul::from_qtensor(gguf.tensor(name, device)?)?,
+            output_scale,
+        })
     }
 
     /// `{prefix}.{name}.weight`.
@@ -48,7 +71,16 @@ impl Linear {
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::Packed(w) => Ok(xs.contiguous()?.apply_op1_no_bwd(&PackedOp(w.as_ref()))?),
-            Self::Candle(w) => Ok(w.forward(xs)?),
+            Self::Candle {
+                matmul,
+                output_scale,
+            } => {
+                let ys = matmul.forward(xs)?;
+                Ok(match output_scale {
+                    Some(s) => (ys * *s as f64)?,
+                    None => ys,
+                })
+            }
         }
     }
 }
@@ -102,7 +134,7 @@ impl Embeddings {
     pub(crate) fn from_linear(table: &Linear) -> Self {
         match table {
             Linear::Packed(w) => Self::Packed(w.clone()),
-            Linear::Candle(w) => Self::Candle(w.clone()),
+            Linear::Candle { matmul, .. } => Self::Candle(matmul.clone()),
         }
     }
 

@@ -5,11 +5,13 @@
 mod attention;
 pub(crate) mod decoder;
 pub mod gemma3;
+pub mod gemma4;
 pub(crate) mod layers;
 pub mod llama;
 mod moe;
 pub mod qwen3;
 pub mod qwen35;
+pub(crate) mod rows;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -22,6 +24,7 @@ use crate::kv_cache::KvCache;
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "llama",
     "gemma3",
+    "gemma4",
     "qwen2",
     "qwen3",
     "qwen3moe",
@@ -78,6 +81,8 @@ pub enum Model {
     Llama(llama::Model),
     /// Gemma 3.
     Gemma3(gemma3::Model),
+    /// Gemma 4, dense or MoE, with or without per-layer embeddings.
+    Gemma4(gemma4::Model),
     /// Qwen 2 / 2.5 and Qwen 3, dense or MoE.
     Qwen3(qwen3::Model),
     /// Qwen 3.5 / 3.6, the Gated DeltaNet hybrid, dense or MoE.
@@ -90,6 +95,7 @@ impl Model {
         match gguf.architecture() {
             "llama" => Ok(Self::Llama(llama::Model::from_gguf(gguf, device)?)),
             "gemma3" => Ok(Self::Gemma3(gemma3::Model::from_gguf(gguf, device)?)),
+            "gemma4" => Ok(Self::Gemma4(gemma4::Model::from_gguf(gguf, device)?)),
             "qwen2" | "qwen3" | "qwen3moe" => {
                 Ok(Self::Qwen3(qwen3::Model::from_gguf(gguf, device)?))
             }
@@ -113,6 +119,7 @@ impl Model {
         let logits = match self {
             Self::Llama(m) => m.forward(tokens, cache)?,
             Self::Gemma3(m) => m.forward(tokens, cache)?,
+            Self::Gemma4(m) => m.forward(tokens, cache)?,
             Self::Qwen3(m) => m.forward(tokens, cache)?,
             Self::Qwen35(m) => match m.forward(tokens, cache) {
                 Ok(logits) => logits,
@@ -134,6 +141,7 @@ impl Model {
         match self {
             Self::Llama(m) => m.decoder().runs_fused(),
             Self::Gemma3(m) => m.decoder().runs_fused(),
+            Self::Gemma4(m) => m.runs_fused(),
             Self::Qwen3(m) => m.decoder().runs_fused(),
             Self::Qwen35(m) => m.runs_fused(),
         }
@@ -155,6 +163,7 @@ impl Model {
         match self {
             Self::Llama(m) => m.info(),
             Self::Gemma3(m) => m.info(),
+            Self::Gemma4(m) => m.info(),
             Self::Qwen3(m) => m.info(),
             Self::Qwen35(m) => m.info(),
         }
@@ -167,6 +176,7 @@ impl Model {
         match self {
             Self::Llama(m) => m.expert_rows(),
             Self::Gemma3(_) => Vec::new(),
+            Self::Gemma4(m) => m.expert_rows(),
             Self::Qwen3(m) => m.expert_rows(),
             Self::Qwen35(m) => m.expert_rows(),
         }
@@ -177,6 +187,7 @@ impl Model {
         match self {
             Self::Llama(m) => m.device(),
             Self::Gemma3(m) => m.device(),
+            Self::Gemma4(m) => m.device(),
             Self::Qwen3(m) => m.device(),
             Self::Qwen35(m) => m.device(),
         }

@@ -41,13 +41,57 @@ impl SparseMoe {
         normalize: bool,
         device: &Device,
     ) -> Result<Self> {
+        let router = Linear::in_block(gguf, prefix, "ffn_gate_inp", device)?;
+        Self::with_router(
+            gguf,
+            prefix,
+            router,
+            n_expert,
+            top_k,
+            normalize,
+            Activation::Silu,
+            device,
+        )
+    }
+
+    /// [`SparseMoe::new`] with a given router and expert activation; the
+    /// experts' gate and up projections may also be one fused
+    /// `ffn_gate_up_exps` tensor (gate rows first), as Gemma 4 files hold.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn with_router(
+        gguf: &Gguf,
+        prefix: &str,
+        router: Linear,
+        n_expert: usize,
+        top_k: usize,
+        normalize: bool,
+        activation: Activation,
+        device: &Device,
+    ) -> Result<Self> {
         if top_k == 0 || top_k > n_expert {
             return Err(EngineError::Metadata(format!(
                 "expert_used_count {top_k} must be between 1 and expert_count {n_expert}"
             )));
         }
-        let router = Linear::in_block(gguf, prefix, "ffn_gate_inp", device)?;
-        let experts = if gguf.has_tensor(&format!("{prefix}.ffn_gate_exps.weight")) {
+        let fused = format!("{prefix}.ffn_gate_up_exps.weight");
+        let experts = if gguf.has_tensor(&fused) {
+            let rows = gguf.tensor_dims(&fused)?.get(1).copied().unwrap_or(0);
+            if rows == 0 || !rows.is_multiple_of(2) {
+                return Err(EngineError::Metadata(format!(
+                    "tensor `{fused}` has {rows} rows per expert, not a gate and an up half"
+                )));
+            }
+            let half = rows / 2;
+            let gate = gguf.expert_row_linears(&fused, n_expert, 0..half, device)?;
+            let up = gguf.expert_row_linears(&fused, n_expert, half..rows, device)?;
+            let down =
+                gguf.expert_linears(&format!("{prefix}.ffn_down_exps.weight"), n_expert, device)?;
+            gate.into_iter()
+                .zip(up)
+                .zip(down)
+                .map(|((g, u), d)| Mlp::from_weights(g, u, d, activation))
+                .collect()
+        } else if gguf.has_tensor(&format!("{prefix}.ffn_gate_exps.weight")) {
             let split = |name: &str| {
                 gguf.expert_linears(&format!("{prefix}.{name}.weight"), n_expert, device)
             };
@@ -59,7 +103,7 @@ impl SparseMoe {
             gate.into_iter()
                 .zip(up)
                 .zip(down)
-                .map(|((g, u), d)| Ok(Mlp::from_weights(g, u, d, Activation::Silu)))
+                .map(|((g, u), d)| Ok(Mlp::from_weights(g, u, d, activation)))
                 .collect::<Result<Vec<_>>>()?
         } else {
             (0..n_expert)
@@ -71,7 +115,7 @@ impl SparseMoe {
                         w("ffn_gate")?,
                         w("ffn_up")?,
                         w("ffn_down")?,
-                        Activation::Silu,
+                        activation,
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -182,9 +226,23 @@ impl SparseMoe {
         let n_expert = self.experts.len();
         let mut probs = vec![0f32; rows * n_expert];
         router.matmul(x, rows, &mut probs);
+        let routed = self.route(&mut probs);
+        self.run_routed(&routed, x, hidden, out, |expert, gathered, n, y| {
+            expert.forward_rows(gathered, n, y);
+            Ok(())
+        })
+        .expect("the packed experts do not fail");
+    }
+
+    /// Which rows each expert takes, with their weights, from the router's
+    /// logits (`rows × n_expert`, overwritten by the probabilities): a
+    /// softmax per row, the top-k (ties to the lower expert), renormalised
+    /// when the model does.
+    pub(crate) fn route(&self, logits: &mut [f32]) -> Vec<Vec<(usize, f32)>> {
+        let n_expert = self.experts.len();
         let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
         let mut order: Vec<usize> = Vec::with_capacity(n_expert);
-        for (row, p) in probs.chunks_exact_mut(n_expert).enumerate() {
+        for (row, p) in logits.chunks_exact_mut(n_expert).enumerate() {
             kernels::elementwise::softmax(p);
             order.clear();
             order.extend(0..n_expert);
@@ -199,6 +257,21 @@ impl SparseMoe {
                 routed[e].push((row, p[e] / sum));
             }
         }
+        routed
+    }
+
+    /// Each expert on the rows of `x` routed to it (gathered), its outputs
+    /// added into those rows of `out` weighted, experts in index order, so
+    /// a row's sum does not depend on the other rows. `run(expert, rows, n,
+    /// out)` computes one expert on `n` gathered rows.
+    pub(crate) fn run_routed(
+        &self,
+        routed: &[Vec<(usize, f32)>],
+        x: &[f32],
+        hidden: usize,
+        out: &mut [f32],
+        mut run: impl FnMut(&Mlp, &[f32], usize, &mut Vec<f32>) -> Result<()>,
+    ) -> Result<()> {
         let mut gathered = Vec::new();
         let mut y = Vec::new();
         for (e, expert) in self.experts.iter().enumerate() {
@@ -212,7 +285,7 @@ impl SparseMoe {
                 gathered.extend_from_slice(&x[row * hidden..(row + 1) * hidden]);
             }
             y.resize(picks.len() * hidden, 0.0);
-            expert.forward_rows(&gathered, picks.len(), &mut y);
+            run(expert, &gathered, picks.len(), &mut y)?;
             for (i, &(row, w)) in picks.iter().enumerate() {
                 let dst = &mut out[row * hidden..(row + 1) * hidden];
                 for (o, v) in dst.iter_mut().zip(&y[i * hidden..(i + 1) * hidden]) {
@@ -220,6 +293,12 @@ impl SparseMoe {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The router (for a model that computes its logits itself).
+    pub(crate) fn router(&self) -> &Linear {
+        &self.router
     }
 
     /// Parameters of one expert.

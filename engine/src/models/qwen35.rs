@@ -33,13 +33,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
+use crate::kernels;
 use crate::kernels::recurrent::{self, ConvShape, DeltaShape};
-use crate::kernels::{self, PackedMatrix};
 use crate::kv_cache::{KvCache, KvRows};
 use crate::models::layers::{
     heads_outermost, Activation, Embeddings, Linear, Mlp, RmsNorm, RopeTables, RotaryEmbedding,
 };
 use crate::models::moe::SparseMoe;
+use crate::models::rows::{mlp_rows, project, project_all, Exec};
 use crate::models::ModelInfo;
 
 /// Hyperparameters, read from `qwen35.*` / `qwen35moe.*` metadata.
@@ -231,76 +232,6 @@ impl Config {
             })
             .collect()
     }
-}
-
-/// How a forward runs its projections: straight on rows on the engine's
-/// packed kernels (the fused CPU path), or each as a candle tensor
-/// operation on `device`, as the Metal and CUDA builds run them (on the CPU
-/// with `Kernels::EngineLayerByLayer` the same packed kernels inside candle
-/// operations: the same bits, which a test checks).
-#[derive(Clone, Copy)]
-struct Exec<'a> {
-    device: &'a Device,
-    rows: bool,
-}
-
-/// A projection of `rows` rows.
-fn project(w: &Linear, x: &[f32], rows: usize, exec: Exec<'_>) -> Result<Vec<f32>> {
-    match w {
-        Linear::Packed(p) if exec.rows => {
-            let mut out = vec![0f32; rows * p.n()];
-            p.matmul(x, rows, &mut out);
-            Ok(out)
-        }
-        _ => {
-            let k = x.len() / rows;
-            let xs = Tensor::from_slice(x, (rows, k), exec.device)?;
-            Ok(w.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?)
-        }
-    }
-}
-
-/// Several projections of the same rows; on rows, packed ones share one
-/// quantization of the activations.
-fn project_all<const N: usize>(
-    ws: [&Linear; N],
-    x: &[f32],
-    rows: usize,
-    exec: Exec<'_>,
-) -> Result<[Vec<f32>; N]> {
-    let packed: Vec<&PackedMatrix> = ws
-        .iter()
-        .filter_map(|w| match w {
-            Linear::Packed(p) => Some(p.as_ref()),
-            Linear::Candle(_) => None,
-        })
-        .collect();
-    if exec.rows && packed.len() == N {
-        let mut outs: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; rows * packed[i].n()]);
-        let mut products: Vec<(&PackedMatrix, &mut [f32])> = packed
-            .iter()
-            .copied()
-            .zip(outs.iter_mut().map(|o| o.as_mut_slice()))
-            .collect();
-        PackedMatrix::matmul_shared(&mut products, x, rows);
-        return Ok(outs);
-    }
-    let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
-    for (out, w) in outs.iter_mut().zip(ws) {
-        *out = project(w, x, rows, exec)?;
-    }
-    Ok(outs)
-}
-
-/// The gated feed-forward on rows.
-fn mlp_rows(mlp: &Mlp, x: &[f32], rows: usize, hidden: usize, exec: Exec<'_>) -> Result<Vec<f32>> {
-    if exec.rows && mlp.packed().is_some() {
-        let mut out = vec![0f32; rows * hidden];
-        mlp.forward_rows(x, rows, &mut out);
-        return Ok(out);
-    }
-    let xs = Tensor::from_slice(x, (1, rows, x.len() / rows), exec.device)?;
-    Ok(mlp.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -627,14 +558,6 @@ impl Model {
     /// Loads weights from a `qwen35` or `qwen35moe` GGUF.
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         let cfg = Config::from_gguf(gguf)?;
-        // llama.cpp multiplies a projection by its optional `NAME.scale`
-        // tensor (NVFP4's second, per-tensor scale). Not applied here yet:
-        // refuse such a file rather than compute something else.
-        if let Some(name) = gguf.tensor_names().find(|n| n.ends_with(".scale")) {
-            return Err(EngineError::Metadata(format!(
-                "tensor `{name}`: per-tensor weight scales (NVFP4's second scale) are not supported yet"
-            )));
-        }
         let table = Linear::load(gguf, "token_embd.weight", device)?;
         let embed = Embeddings::from_linear(&table);
         let tied = !gguf.has_tensor("output.weight");
