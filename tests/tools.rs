@@ -428,6 +428,7 @@ fn assert_rendered_calls_accepted(engine: &Engine, env: &ToolGrammarEnv, format:
         // The turn may end after a complete call, never inside one.
         let closing = match format {
             ToolCallFormat::Qwen35 => "</function>\n",
+            ToolCallFormat::Gemma4 => "}",
             _ => "}\n",
         };
         let between_calls = before.ends_with(&format!("{closing}{}", format.call_end()));
@@ -452,6 +453,7 @@ fn assert_rendered_calls_accepted(engine: &Engine, env: &ToolGrammarEnv, format:
 fn tools_rendered_call_is_accepted_token_by_token() {
     assert_rendered_calls_accepted(smollm2(), grammar_env(), ToolCallFormat::Hermes);
     assert_rendered_calls_accepted(smollm2(), grammar_env(), ToolCallFormat::Qwen35);
+    assert_rendered_calls_accepted(smollm2(), grammar_env(), ToolCallFormat::Gemma4);
 }
 
 /// Gemma's SentencePiece tokenizer: byte-fallback tokens and `▁` spaces.
@@ -479,6 +481,7 @@ fn tools_render_round_trip() {
         ToolCallFormat::Hermes,
         ToolCallFormat::Gemma,
         ToolCallFormat::Qwen35,
+        ToolCallFormat::Gemma4,
     ] {
         let calls = vec![
             ToolCall {
@@ -506,14 +509,26 @@ fn tools_render_round_trip() {
         let result = format.render_tool_result(Some("bash"), "boom", true);
         assert!(result.contains("Error: boom"));
         let prompt = format.tools_system_prompt(&tools());
-        assert!(
-            (prompt.contains("\"name\":\"get_weather\"")
-                || prompt.contains("\"name\": \"get_weather\""))
-                && prompt.contains(format.call_start())
-        );
+        if format == ToolCallFormat::Gemma4 {
+            // Gemma 4's template lists the tools and says nothing of calls.
+            assert!(
+                prompt.starts_with("<|tool>declaration:get_weather{"),
+                "{prompt}"
+            );
+        } else {
+            assert!(
+                (prompt.contains("\"name\":\"get_weather\"")
+                    || prompt.contains("\"name\": \"get_weather\""))
+                    && prompt.contains(format.call_start())
+            );
+        }
         assert_eq!(ToolCallFormat::from_name(format.name()).unwrap(), format);
     }
     assert!(ToolCallFormat::from_name("nope").is_err());
+    assert_eq!(
+        ToolCallFormat::for_architecture("gemma4"),
+        Some(ToolCallFormat::Gemma4)
+    );
 }
 
 /// A forced call to a tool whose parameters are all typed (SmolLM2 rambles
@@ -800,4 +815,476 @@ fn tools_qwen35_prompt_renders_as_its_template() {
         assert_eq!(native, expected, "the template's own tool rendering");
         assert!(expected.contains("<tool_call>\n<function="), "{expected}");
     }
+}
+
+/// A forced call in the `gemma4` format: complete, valid for the schema,
+/// its arguments in the order Gemma 4's template sorts them.
+#[test]
+fn tools_gemma4_forced_tool_yields_one_valid_call() {
+    let mut tools = tools();
+    tools.push(ToolDefinition {
+        name: "set_timer".into(),
+        description: Some("Start a countdown timer".into()),
+        input_schema: json!({
+            "type": "object",
+            "properties": {
+                "sound": {"type": "string", "enum": ["beep", "chime"]},
+                "minutes": {"type": "integer"},
+                "loud": {"type": "boolean"},
+                "label": {"type": "string"},
+            },
+            "required": ["minutes", "sound", "loud"],
+        }),
+    });
+    let out = run(
+        ToolCallFormat::Gemma4,
+        &tools,
+        ToolChoice::Tool("set_timer".into()),
+        true,
+        "Set a loud timer for 5 minutes.",
+        100,
+    );
+    let calls = out.calls();
+    assert_eq!(calls.len(), 1, "one call in {:?}", out.text);
+    assert_eq!(calls[0].name, "set_timer");
+    assert_valid_calls(&calls, &tools);
+    assert!(calls[0].input["loud"].is_boolean(), "{:?}", calls[0]);
+    assert!(calls[0].input["minutes"].is_i64(), "{:?}", calls[0]);
+    assert!(
+        out.text.starts_with("<|tool_call>call:set_timer{")
+            && out.text.contains("loud:")
+            && out.text.ends_with("}<tool_call|>"),
+        "{:?}",
+        out.text
+    );
+    assert!(
+        !out.events.iter().any(|e| matches!(e, ParsedEvent::Text(_))),
+        "forced call has no text: {:?}",
+        out.events
+    );
+}
+
+/// Whether `constraint` lets `tokenizer` write `text`, token by token.
+fn constraint_allows(
+    constraint: &mut ToolCallConstraint,
+    tokenizer: &showdown_engine::Tokenizer,
+    ids: &[u32],
+) -> bool {
+    let mut logits = vec![0.0f32; tokenizer.vocab_size()];
+    for &token in ids {
+        logits.fill(0.0);
+        constraint.mask(&mut logits).unwrap();
+        if !logits[token as usize].is_finite() {
+            return false;
+        }
+        constraint.accept(token).unwrap();
+    }
+    true
+}
+
+/// Under `tool_choice: tool`, another tool's name is masked, a required
+/// argument cannot be skipped, an integer must be one; under `none` the
+/// call marker never comes out.
+#[test]
+fn tools_gemma4_constraint_rejects_invalid_calls() {
+    let tokenizer = smollm2().tokenizer();
+    let forced = |choice: ToolChoice, text: &str| -> bool {
+        let mut constraint = ToolCallConstraint::with_env(
+            grammar_env(),
+            ToolCallFormat::Gemma4,
+            &tools(),
+            &choice,
+            false,
+            tokenizer,
+        )
+        .unwrap();
+        let ids = tokenizer.inner().encode(text, false).unwrap();
+        constraint_allows(&mut constraint, tokenizer, ids.get_ids())
+    };
+    let good = "<|tool_call>call:get_weather{city:<|\"|>Oslo<|\"|>,days:3";
+    assert!(forced(ToolChoice::Tool("get_weather".into()), good));
+    assert!(!forced(
+        ToolChoice::Tool("get_weather".into()),
+        "<|tool_call>call:bash{"
+    ));
+    assert!(forced(ToolChoice::Any, "<|tool_call>call:bash{command:"));
+    assert!(!forced(ToolChoice::Any, "<|tool_call>call:rm_rf{"));
+    assert!(!forced(
+        ToolChoice::Any,
+        "<|tool_call>call:get_weather{days:"
+    ));
+    assert!(!forced(
+        ToolChoice::Any,
+        "<|tool_call>call:get_weather{city:<|\"|>Oslo<|\"|>,days:three"
+    ));
+    assert!(!forced(
+        ToolChoice::Any,
+        &format!("{good},unit:<|\"|>kelvin")
+    ));
+    // JSON is not Gemma 4's syntax.
+    assert!(!forced(
+        ToolChoice::Any,
+        "<|tool_call>call:get_weather{\"city\": \"Oslo\""
+    ));
+    assert!(forced(
+        ToolChoice::Auto,
+        &format!("Let me look.\n{good},unit:<|\"|>celsius<|\"|>}}<tool_call|>")
+    ));
+    assert!(!forced(ToolChoice::None, "Sure. <|tool_call>"));
+    assert!(forced(ToolChoice::None, "Sure. <|tool_"));
+}
+
+fn gemma4_template() -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/templates/google-gemma-4-31B-it.jinja"),
+    )
+    .expect("read the vendored Gemma 4 template")
+}
+
+/// The vendored Gemma 4 template renders each recorded conversation (tools,
+/// calls, `tool_responses`, `tool` messages, thinking off) byte for byte as
+/// Python's jinja2 renders it (`fixtures/templates/make_gemma4_reference.py`).
+#[test]
+fn tools_gemma4_template_renders_as_jinja2() {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        name: String,
+        messages: Vec<Value>,
+        tools: Option<Vec<Value>>,
+        bos_token: String,
+        rendered: String,
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/templates/gemma4_reference.json");
+    let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(cases.len() >= 4);
+    let template = ChatTemplate::new(&gemma4_template()).unwrap();
+    assert!(template.renders_tools());
+    for case in cases {
+        let rendered = template
+            .render(&ChatTemplateInput {
+                messages: &case.messages,
+                tools: case.tools.as_deref(),
+                add_generation_prompt: true,
+                enable_thinking: false,
+                bos_token: &case.bos_token,
+                eos_token: "",
+            })
+            .unwrap();
+        assert_eq!(rendered, case.rendered, "{}", case.name);
+    }
+}
+
+/// A Messages request with tools, calls and results renders through Gemma
+/// 4's template exactly as the template renders the conversation in
+/// llama.cpp's conventions (results as the calling turn's `tool_responses`,
+/// the final answer folded in, thinking off); showdown's `gemma4` writer
+/// produces the template's text for calls, results and the tools section.
+#[test]
+fn tools_gemma4_prompt_renders_as_its_template() {
+    let source = gemma4_template();
+    let options = LoadOptions {
+        template: TemplateChoice::Source(source.clone()),
+        ..LoadOptions::default()
+    };
+    let engine = Engine::load(&pinned_model_path("smollm2-135m"), &options).expect("load SmolLM2");
+    assert!(engine.chat_template().unwrap().renders_tools());
+    let template = ChatTemplate::new(&source).unwrap();
+    let defined = tools();
+    let wire_tools: Vec<Value> = defined
+        .iter()
+        .map(|t| {
+            let mut tool = json!({"name": t.name, "input_schema": t.input_schema});
+            if let Some(description) = &t.description {
+                tool["description"] = json!(description);
+            }
+            tool
+        })
+        .collect();
+    let template_tools: Vec<Value> = defined
+        .iter()
+        .map(|t| {
+            let mut function = serde_json::Map::new();
+            function.insert("name".into(), json!(t.name));
+            if let Some(description) = &t.description {
+                function.insert("description".into(), json!(description));
+            }
+            function.insert("parameters".into(), t.input_schema.clone());
+            json!({"type": "function", "function": function})
+        })
+        .collect();
+    let weather = json!({"city": "São Paulo\nBrazil", "days": 3, "unit": "celsius"});
+    let bash = json!({"command": "ls -l", "timeout": 1.5, "env": {"A": "1"}, "flags": ["-a", 2], "dry": true});
+    let call = |name: &str, input: &Value| json!({"type": "function", "function": {"name": name, "arguments": input}});
+    let response = |name: &str, text: &str| json!({"name": name, "response": text});
+    let cases = [
+        // One turn of two calls (its text goes, as llama.cpp drops it), both
+        // results and a new question in the next message.
+        (
+            json!([
+                {"role": "user", "content": "Weather in São Paulo, and list the files?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking both."},
+                    {"type": "tool_use", "id": "t1", "name": "get_weather", "input": weather},
+                    {"type": "tool_use", "id": "t2", "name": "bash", "input": bash},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "Sunny, 21°C\n"},
+                    {"type": "tool_result", "tool_use_id": "t2", "content": "boom", "is_error": true},
+                    {"type": "text", "text": "Thanks. And Rome?"},
+                ]},
+            ]),
+            vec![
+                json!({"role": "system", "content": "You are terse."}),
+                json!({"role": "user", "content": "Weather in São Paulo, and list the files?"}),
+                json!({"role": "assistant", "tool_calls": [
+                    call("get_weather", &weather), call("bash", &bash),
+                ], "tool_responses": [
+                    response("get_weather", "Sunny, 21°C\n"), response("bash", "Error: boom"),
+                ]}),
+                json!({"role": "user", "content": "Thanks. And Rome?"}),
+            ],
+        ),
+        // Steps of calls in one model turn, ending on a result (the model
+        // goes on in the same turn).
+        (
+            json!([
+                {"role": "user", "content": "Read a.rs then run it."},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "read_file", "input": {"path": "a.rs"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "fn main() {}"},
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Now running it."},
+                    {"type": "tool_use", "id": "t2", "name": "bash", "input": {"command": "cargo run"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t2", "content": [{"type": "text", "text": "ok"}]},
+                ]},
+            ]),
+            vec![
+                json!({"role": "system", "content": "You are terse."}),
+                json!({"role": "user", "content": "Read a.rs then run it."}),
+                json!({"role": "assistant", "tool_calls": [
+                    call("read_file", &json!({"path": "a.rs"})),
+                ], "tool_responses": [response("read_file", "fn main() {}")]}),
+                json!({"role": "assistant", "tool_calls": [
+                    call("bash", &json!({"command": "cargo run"})),
+                ], "tool_responses": [response("bash", "ok")]}),
+            ],
+        ),
+        // The answer after the results, then a new question: llama.cpp
+        // folds the answer into the calling message; the template renders
+        // it the same as a message of its own.
+        (
+            json!([
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Oslo"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "{\"sky\": \"clear\"}"},
+                ]},
+                {"role": "assistant", "content": "Clear skies."},
+                {"role": "user", "content": "Thanks."},
+            ]),
+            vec![
+                json!({"role": "system", "content": "You are terse."}),
+                json!({"role": "user", "content": "Weather?"}),
+                json!({"role": "assistant", "tool_calls": [
+                    call("get_weather", &json!({"city": "Oslo"})),
+                ], "tool_responses": [response("get_weather", "{\"sky\": \"clear\"}")],
+                   "content": "Clear skies."}),
+                json!({"role": "user", "content": "Thanks."}),
+            ],
+        ),
+    ];
+    for (messages, structured) in cases {
+        let body = json!({
+            "model": "m",
+            "max_tokens": 16,
+            "system": "You are terse.",
+            "tools": wire_tools,
+            "messages": messages,
+        });
+        let expected = template
+            .render(&ChatTemplateInput {
+                messages: &structured,
+                tools: Some(&template_tools),
+                add_generation_prompt: true,
+                enable_thinking: false,
+                bos_token: engine.tokenizer().bos_token().unwrap_or(""),
+                eos_token: "",
+            })
+            .unwrap();
+        let native =
+            showdown::render_request_prompt(&engine, &body, Some(ToolCallFormat::Gemma4)).unwrap();
+        assert_eq!(native, expected, "the template's own tool rendering");
+        assert!(
+            expected.contains(&format!(
+                "<|turn>system\nYou are terse.{}<turn|>",
+                ToolCallFormat::Gemma4.tools_system_prompt(&defined)
+            )),
+            "{expected}"
+        );
+        assert!(!expected.contains("<|tool_call>call:get_weather{}"));
+    }
+    // The template writes calls and results as showdown's writer does.
+    let first = showdown::render_request_prompt(
+        &engine,
+        &json!({"model": "m", "max_tokens": 16, "tools": wire_tools, "messages": [
+            {"role": "user", "content": "Go."},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "get_weather", "input": weather},
+                {"type": "tool_use", "id": "t2", "name": "bash", "input": bash},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "Sunny"},
+                {"type": "tool_result", "tool_use_id": "t2", "content": "boom", "is_error": true},
+            ]},
+        ]}),
+        Some(ToolCallFormat::Gemma4),
+    )
+    .unwrap();
+    let calls = [
+        ToolCall {
+            name: "get_weather".into(),
+            input: weather.clone(),
+        },
+        ToolCall {
+            name: "bash".into(),
+            input: bash.clone(),
+        },
+    ];
+    let written = format!(
+        "<|turn>model\n{}{}{}",
+        ToolCallFormat::Gemma4.render_tool_calls(&calls),
+        ToolCallFormat::Gemma4.render_tool_result(Some("get_weather"), "Sunny", false),
+        ToolCallFormat::Gemma4.render_tool_result(Some("bash"), "boom", true),
+    );
+    assert!(first.ends_with(&written), "{first}");
+    // ... and parses them back.
+    let mut parser = ToolCallFormat::Gemma4.parser_for(&defined);
+    let mut events = parser.push(&ToolCallFormat::Gemma4.render_tool_calls(&calls));
+    events.extend(parser.finish());
+    let parsed: Vec<ToolCall> = events
+        .into_iter()
+        .filter_map(|e| match e {
+            ParsedEvent::ToolCallEnd(call) => Some(call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parsed, calls);
+}
+
+/// Gemma 4's markers and string quote as its vocabulary has them.
+const GEMMA4_MARKERS: [&str; 4] = ["<|tool_call>", "<tool_call|>", "<|\"|>", "<|tool_response>"];
+
+/// SmolLM2's tokenizer with Gemma 4's markers added as control tokens, so
+/// that they are special tokens, as in Gemma 4's vocabulary.
+fn tokenizer_with_gemma4_markers() -> showdown_engine::Tokenizer {
+    use candle_core::quantized::gguf_file::Value as G;
+    let (mut metadata, _) = crate::moe_gen::smollm2_tokenizer();
+    for (key, value) in metadata.iter_mut() {
+        let G::Array(items) = value else { continue };
+        let added = |make: &dyn Fn(&str) -> G| GEMMA4_MARKERS.map(make);
+        match key.as_str() {
+            "tokenizer.ggml.tokens" => items.extend(added(&|m| G::String(m.into()))),
+            "tokenizer.ggml.token_type" => items.extend(added(&|_| G::I32(3))),
+            "tokenizer.ggml.scores" => items.extend(added(&|_| G::F32(0.0))),
+            _ => {}
+        }
+    }
+    metadata.push(("general.architecture".into(), G::String("llama".into())));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.gguf");
+    crate::moe_gen::write_gguf(&path, &metadata, &[]);
+    let gguf = showdown_engine::Gguf::open(&path).unwrap();
+    showdown_engine::Tokenizer::from_gguf(&gguf).unwrap()
+}
+
+/// With a tokenizer that has Gemma 4's markers as special tokens, the
+/// grammar writes them as those tokens (a model writes them so; text in a
+/// grammar could never match them): a rendered call, tokenized as the
+/// engine tokenizes it, is accepted whole, and the turn may end after it;
+/// the markers spelled out as text are not.
+#[test]
+fn tools_gemma4_grammar_takes_the_special_markers() {
+    let tokenizer = tokenizer_with_gemma4_markers();
+    let env = ToolGrammarEnv::new(&tokenizer).expect("grammar env");
+    let id = |marker: &str| tokenizer.inner().token_to_id(marker).unwrap();
+    let encode = |text: &str| {
+        tokenizer
+            .inner()
+            .encode(text, false)
+            .unwrap()
+            .get_ids()
+            .to_vec()
+    };
+    let calls = [ToolCall {
+        name: "get_weather".into(),
+        input: json!({"city": "São Paulo 東京\n", "days": 2, "unit": "celsius"}),
+    }];
+    let text = ToolCallFormat::Gemma4.render_tool_calls(&calls);
+    let ids = encode(&text);
+    for marker in ["<|tool_call>", "<tool_call|>", "<|\"|>"] {
+        assert!(ids.contains(&id(marker)), "{marker} in {ids:?}");
+    }
+    let new = |choice: ToolChoice| {
+        ToolCallConstraint::with_env(
+            &env,
+            ToolCallFormat::Gemma4,
+            &tools(),
+            &choice,
+            false,
+            &tokenizer,
+        )
+        .unwrap()
+    };
+    let mut constraint = new(ToolChoice::Any);
+    assert!(
+        constraint
+            .grammar()
+            .contains(&format!("<[{}]>", id("<|tool_call>"))),
+        "{}",
+        constraint.grammar()
+    );
+    assert!(constraint_allows(&mut constraint, &tokenizer, &ids));
+    assert!(constraint.is_accepting());
+    // A second call may follow at once.
+    assert!(constraint_allows(&mut constraint, &tokenizer, &ids));
+    // Spelled out as text, the start marker is not a call.
+    let mut spelled = encode("<|tool_call");
+    spelled.extend(encode(">call:get_weather{"));
+    assert!(!spelled.contains(&id("<|tool_call>")));
+    assert!(!constraint_allows(
+        &mut new(ToolChoice::Any),
+        &tokenizer,
+        &spelled
+    ));
+    // Free text, then a call.
+    let mut auto = encode("Let me look it up.\n");
+    auto.extend(&ids);
+    let mut constraint = new(ToolChoice::Auto);
+    assert!(constraint_allows(&mut constraint, &tokenizer, &auto));
+    assert!(constraint.is_accepting());
+    // `none`: any text, never the marker.
+    let mut none = encode("Sure.");
+    assert!(constraint_allows(
+        &mut new(ToolChoice::None),
+        &tokenizer,
+        &none
+    ));
+    none.push(id("<|tool_call>"));
+    assert!(!constraint_allows(
+        &mut new(ToolChoice::None),
+        &tokenizer,
+        &none
+    ));
+    // The parser reads the decoded output back.
+    let decoded = tokenizer.decode(&ids).unwrap();
+    assert_eq!(decoded, text);
 }

@@ -41,6 +41,12 @@ pub trait ToolPromptFormat {
     fn results_turn(&self) -> Option<&'static str> {
         None
     }
+    /// Whether a template that renders tools reads a turn's results from
+    /// the assistant message that made the calls (`tool_responses`, Gemma
+    /// 4's) rather than from `tool` messages.
+    fn results_in_model_turn(&self) -> bool {
+        false
+    }
 }
 
 /// A cache breakpoint: the prompt's first `tokens` tokens are cacheable.
@@ -123,7 +129,14 @@ fn build_prompt_with(
     }
 
     let (mut messages, mut prefill) = if native {
-        template_conversation(&request.messages, &mut marks)?
+        let (messages, prefill) = template_conversation(&request.messages, &mut marks)?;
+        let fold = tool_format.is_some_and(|format| format.results_in_model_turn());
+        let messages = if fold {
+            fold_tool_responses(messages)
+        } else {
+            messages
+        };
+        (messages, prefill)
     } else {
         injected_conversation(&request.messages, tool_format, &mut marks)?
     };
@@ -587,6 +600,41 @@ fn template_conversation(
         _ => None,
     };
     Ok((out, prefill))
+}
+
+/// Gemma 4's conventions, as llama.cpp passes them to its template
+/// (`common/parsers/gemma4.cpp`): the `tool` messages after an assistant
+/// message with `tool_calls` become that message's `tool_responses`
+/// (`{"name", "response"}`, the response the result's text), and the text
+/// the message had before its calls is dropped — the template writes a
+/// model turn's text after its calls and results, where it would close the
+/// turn the model goes on writing in. Each response stays a string (llama.cpp
+/// parses one that is JSON): a breakpoint marker in it must not change how
+/// it renders, and the template writes a tool message's string content as
+/// such too. A following assistant message continues the same model turn
+/// in the template (it opens no new one), so it stays a message of its own.
+fn fold_tool_responses(messages: Vec<Value>) -> Vec<Value> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut messages = messages.into_iter().peekable();
+    while let Some(mut message) = messages.next() {
+        let has_calls = message["role"] == "assistant"
+            && message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .is_some_and(|calls| !calls.is_empty());
+        if has_calls {
+            let mut responses = Vec::new();
+            while let Some(result) = messages.next_if(|m| m["role"] == "tool") {
+                responses.push(json!({"name": result["name"], "response": result["content"]}));
+            }
+            message["content"] = json!("");
+            if !responses.is_empty() {
+                message["tool_responses"] = Value::Array(responses);
+            }
+        }
+        out.push(message);
+    }
+    out
 }
 
 /// The conversation as (role, text, whether it is a turn of tool results)

@@ -48,6 +48,10 @@ impl ToolPromptFormat for FormatAdapter {
     fn results_turn(&self) -> Option<&'static str> {
         self.0.results_turn()
     }
+
+    fn results_in_model_turn(&self) -> bool {
+        self.0.results_in_model_turn()
+    }
 }
 
 /// The format's streaming parser, as the block assembler reads it.

@@ -9,7 +9,10 @@
 //! In `qwen35` a call is XML: `<tool_call>\n<function=NAME>\n`, the
 //! parameters as `<parameter=KEY>\nVALUE\n</parameter>\n`, then
 //! `</function>\n</tool_call>`, each value a string or `%json` by its
-//! property's schema (see `xml_call_rule`).
+//! property's schema (see `xml_call_rule`). In `gemma4` a call is
+//! `<|tool_call>call:NAME{KEY:VALUE,...}<tool_call|>` in Gemma 4's value
+//! syntax, calls back to back; its markers and string quote are the
+//! tokenizer's special tokens where it has them (see `grammar_gemma4.rs`).
 //!
 //! - `Any` / `Tool(name)`: call marker, JSON, end marker; then (unless
 //!   parallel calls are disabled) more calls, each on a new line; then the
@@ -22,7 +25,7 @@
 //! llguidance cannot compile (even leniently: unknown keywords and formats
 //! are ignored) is constrained to any JSON object instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
@@ -32,7 +35,8 @@ use serde_json::{json, Value};
 use showdown_engine::{EngineError, TokenConstraint, Tokenizer};
 use tokenizers::DecoderWrapper;
 
-use super::{ToolCallFormat, ToolChoice, ToolDefinition, ToolError};
+use super::grammar_gemma4::{Gemma4Markers, Gemma4Rules, GEMMA4_RULES};
+use super::{gemma4, ToolCallFormat, ToolChoice, ToolDefinition, ToolError};
 
 /// What llguidance needs to know about a tokenizer: built once per loaded
 /// model (a few hundred milliseconds for a 50k vocabulary) and shared by
@@ -123,7 +127,22 @@ impl ToolCallConstraint {
         let mut fallbacks = Vec::new();
         let mut bodies = Vec::new();
         let mut rules = String::new();
+        let markers = Gemma4Markers::new(tokenizer);
         for (i, tool) in offered.iter().enumerate() {
+            if format == ToolCallFormat::Gemma4 {
+                let mut rule = Gemma4Rules {
+                    tool: i,
+                    next: 0,
+                    markers: &markers,
+                    rules: &mut rules,
+                    fell_back: false,
+                };
+                bodies.push(rule.call(tool));
+                if rule.fell_back {
+                    fallbacks.push(tool.name.clone());
+                }
+                continue;
+            }
             if format == ToolCallFormat::Qwen35 {
                 let (body, fell_back) = xml_call_rule(env, i, tool, &mut rules);
                 if fell_back {
@@ -141,7 +160,7 @@ impl ToolCallConstraint {
                 bodies.push(format!("%json {schema}"));
             }
         }
-        let mut lark = lark_grammar(format, &bodies, choice, disable_parallel_tool_use);
+        let mut lark = lark_grammar(format, &bodies, choice, disable_parallel_tool_use, &markers);
         if !bodies.is_empty() && !matches!(choice, ToolChoice::None) {
             lark.push_str(&rules);
         }
@@ -219,7 +238,7 @@ fn call_schema(name: &str, arguments: &Value) -> Value {
 
 /// The input schema without what only documents it (`$schema`, `$id`) and
 /// with a missing or non-object type made an object.
-fn lenient(schema: &Value) -> Value {
+pub(super) fn lenient(schema: &Value) -> Value {
     let Value::Object(fields) = schema else {
         return json!({"type": "object"});
     };
@@ -233,12 +252,12 @@ fn lenient(schema: &Value) -> Value {
 }
 
 /// A Lark string literal.
-fn lark_string(text: &str) -> String {
+pub(super) fn lark_string(text: &str) -> String {
     Value::String(text.to_string()).to_string()
 }
 
 /// `text` escaped for a Lark `/regex/`.
-fn regex_escape(text: &str) -> String {
+pub(super) fn regex_escape(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if "\\.+*?()|[]{}^$#&-~/".contains(c) {
@@ -254,12 +273,14 @@ fn compiles(env: &ToolGrammarEnv, schema: &Value) -> bool {
     env.matcher(&format!("start: %json {schema}")).is_ok()
 }
 
-/// What a call's body ends with after its tool's rule: the end marker
-/// (`hermes`, `gemma`: after a newline; `qwen35`: after `</function>`).
-fn call_closing(format: ToolCallFormat) -> String {
+/// What a call's body ends with after its tool's rule, as Lark: the end
+/// marker (`hermes`, `gemma`: after a newline; `qwen35`: after
+/// `</function>`; `gemma4`: after the arguments' `}`).
+fn call_closing(format: ToolCallFormat, markers: &Gemma4Markers) -> String {
     match format {
-        ToolCallFormat::Qwen35 => format!("</function>\n{}", format.call_end()),
-        _ => format!("\n{}", format.call_end()),
+        ToolCallFormat::Qwen35 => lark_string(&format!("</function>\n{}", format.call_end())),
+        ToolCallFormat::Gemma4 => format!("\"}}\" {}", markers.end.lark),
+        _ => lark_string(&format!("\n{}", format.call_end())),
     }
 }
 
@@ -389,48 +410,78 @@ fn lark_grammar(
     bodies: &[String],
     choice: &ToolChoice,
     disable_parallel: bool,
+    markers: &Gemma4Markers,
 ) -> String {
     let start = format.call_start();
-    let no_marker = format!(
-        "TEXT: /(?s:.*)/ & ~/(?s:.*){}(?s:.*)/\n",
-        regex_escape(start)
-    );
+    let gemma4 = format == ToolCallFormat::Gemma4;
+    // A special start token cannot be written as text: free text is any.
+    let special_start = gemma4 && markers.start.special;
+    let no_marker = if special_start {
+        "TEXT: /(?s:.*)/\n".to_string()
+    } else {
+        format!(
+            "TEXT: /(?s:.*)/ & ~/(?s:.*){}(?s:.*)/\n",
+            regex_escape(start)
+        )
+    };
     if matches!(choice, ToolChoice::None) || bodies.is_empty() {
         return format!("start: TEXT\n{no_marker}");
     }
+    // What opens a call, up to its tool's rule; what separates calls.
+    let (open, separator) = if gemma4 {
+        (
+            format!(
+                "{} {}",
+                markers.start.lark,
+                lark_string(gemma4::CALL_PREFIX)
+            ),
+            "",
+        )
+    } else {
+        (lark_string(&format!("{start}\n")), "\"\\n\" ")
+    };
     let mut lark = String::new();
     let more = if disable_parallel {
-        ""
+        String::new()
     } else {
-        " (\"\\n\" call)*"
+        format!(" ({separator}call)*")
     };
     match choice {
+        ToolChoice::Auto if special_start => {
+            lark.push_str(&format!("start: TEXT | TEXT call{more}\n{no_marker}"));
+        }
         ToolChoice::Auto => {
             lark.push_str(&format!(
                 "start: TEXT | text_start call_body{more}\n{no_marker}"
             ));
+            let opening = if gemma4 {
+                format!("{start}{}", gemma4::CALL_PREFIX)
+            } else {
+                format!("{start}\n")
+            };
             lark.push_str(&format!(
                 "text_start[lazy]: /(?s:.*)/ {}\n",
-                lark_string(&format!("{start}\n"))
+                lark_string(&opening)
             ));
         }
         _ => lark.push_str(&format!("start: call{more}\n")),
     }
-    lark.push_str(&format!(
-        "call: {} call_body\n",
-        lark_string(&format!("{start}\n"))
-    ));
+    lark.push_str(&format!("call: {open} call_body\n"));
     let alternatives: Vec<String> = (0..bodies.len()).map(|i| format!("tool_{i}")).collect();
     lark.push_str(&format!(
         "call_body: ({}) {}\n",
         alternatives.join(" | "),
-        lark_string(&call_closing(format))
+        call_closing(format, markers)
     ));
     for (i, body) in bodies.iter().enumerate() {
         lark.push_str(&format!("tool_{i}: {body}\n"));
     }
     if format == ToolCallFormat::Qwen35 {
         lark.push_str(XML_TERMINALS);
+    }
+    if gemma4 {
+        lark.push_str(GEMMA4_RULES);
+        lark.push_str(&markers.string_rules());
     }
     lark
 }
@@ -476,17 +527,25 @@ fn byte_fallback(piece: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
+/// The tokens llguidance is told are special (written only as themselves,
+/// never as text): added tokens that are special or look like markup
+/// (`<...>`).
+pub(super) fn special_ids(tokenizer: &Tokenizer) -> HashSet<u32> {
+    tokenizer
+        .inner()
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special || (t.content.starts_with('<') && t.content.ends_with('>')))
+        .map(|(id, _)| id)
+        .collect()
+}
+
 impl TokenizerBytes {
     fn new(tokenizer: &Tokenizer) -> Result<Self, ToolError> {
         let inner = tokenizer.inner();
         let byte_level = is_byte_level(inner.get_decoder());
         let chars = byte_level_chars();
-        let specials: std::collections::HashSet<u32> = inner
-            .get_added_tokens_decoder()
-            .into_iter()
-            .filter(|(_, t)| t.special || (t.content.starts_with('<') && t.content.ends_with('>')))
-            .map(|(id, _)| id)
-            .collect();
+        let specials = special_ids(tokenizer);
         let vocab_size = tokenizer.vocab_size();
         let mut words = Vec::with_capacity(vocab_size);
         for id in 0..vocab_size as u32 {

@@ -26,10 +26,22 @@
 //!   newline; results are `<tool_response>\n...\n</tool_response>`, one a
 //!   line, in a user turn of their own. Its parser (`xml.rs`) types values
 //!   by the tools' schemas.
+//! - `gemma4` (Gemma 4): what Gemma 4's template writes: its tools section
+//!   (`<|tool>declaration:NAME{...}<tool|>` per tool, rendered by the
+//!   vendored template itself); a call is
+//!   `<|tool_call>call:NAME{KEY:VALUE,...}<tool_call|>`, values in Gemma 4's
+//!   syntax (strings in `<|"|>` quotes, keys bare and sorted), several calls
+//!   back to back; a result is
+//!   `<|tool_response>response:NAME{value:<|"|>...<|"|>}<tool_response|>`.
+//!   Its template folds results into the model turn that made the calls
+//!   (`tool_responses`); its parser (`gemma4.rs`) types values by the
+//!   tools' schemas.
 //!
 //! An error result is written as the result text prefixed by `Error: `.
 
+mod gemma4;
 mod grammar;
+mod grammar_gemma4;
 mod parser;
 mod xml;
 
@@ -43,7 +55,7 @@ pub use parser::{ParsedEvent, ToolCallParser};
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     /// `tool_call_format` names no format showdown knows.
-    #[error("unknown tool call format `{0}` (known: hermes, gemma, qwen35)")]
+    #[error("unknown tool call format `{0}` (known: hermes, gemma, qwen35, gemma4)")]
     UnknownFormat(String),
     /// `tool_choice` names a tool that is not among the tools offered.
     #[error("tool_choice names `{0}`, which is not among the tools offered")]
@@ -101,15 +113,20 @@ pub enum ToolCallFormat {
     /// `<tool_call>\n<function=NAME>\n<parameter=ARG>\nVALUE\n</parameter>\n...`
     /// (Qwen 3.5 / 3.6, Qwen3-Coder): the XML style their templates teach.
     Qwen35,
+    /// `<|tool_call>call:NAME{KEY:VALUE,...}<tool_call|>` (Gemma 4), values
+    /// in Gemma 4's syntax (strings between `<|"|>` quotes).
+    Gemma4,
 }
 
 impl ToolCallFormat {
-    /// The format named `name` in `models.toml` (`hermes`, `gemma`, `qwen35`).
+    /// The format named `name` in `models.toml` (`hermes`, `gemma`, `qwen35`,
+    /// `gemma4`).
     pub fn from_name(name: &str) -> Result<Self, ToolError> {
         match name {
             "hermes" => Ok(Self::Hermes),
             "gemma" => Ok(Self::Gemma),
             "qwen35" => Ok(Self::Qwen35),
+            "gemma4" => Ok(Self::Gemma4),
             other => Err(ToolError::UnknownFormat(other.to_string())),
         }
     }
@@ -122,6 +139,7 @@ impl ToolCallFormat {
             "llama" | "qwen2" | "qwen3" | "qwen3moe" => Some(Self::Hermes),
             "qwen35" | "qwen35moe" => Some(Self::Qwen35),
             "gemma3" => Some(Self::Gemma),
+            "gemma4" => Some(Self::Gemma4),
             _ => None,
         }
     }
@@ -132,22 +150,27 @@ impl ToolCallFormat {
             Self::Hermes => "hermes",
             Self::Gemma => "gemma",
             Self::Qwen35 => "qwen35",
+            Self::Gemma4 => "gemma4",
         }
     }
 
-    /// The text that opens a call (the grammar writes a newline after it).
+    /// The text that opens a call (the grammar writes a newline after it;
+    /// `gemma4`: `call:`).
     pub fn call_start(&self) -> &'static str {
         match self {
             Self::Hermes | Self::Qwen35 => "<tool_call>",
             Self::Gemma => "```tool_call",
+            Self::Gemma4 => gemma4::CALL_START,
         }
     }
 
-    /// The text that closes a call (the grammar writes a newline before it).
+    /// The text that closes a call (the grammar writes a newline before it;
+    /// `gemma4`: right after the arguments' `}`).
     pub fn call_end(&self) -> &'static str {
         match self {
             Self::Hermes | Self::Qwen35 => "</tool_call>",
             Self::Gemma => "```",
+            Self::Gemma4 => gemma4::CALL_END,
         }
     }
 
@@ -160,7 +183,12 @@ impl ToolCallFormat {
     /// `qwen35`'s is the text that template writes, byte for byte: each tool
     /// as transformers passes it (`{"type": "function", "function": {"name",
     /// "description", "parameters"}}`) through its `tojson` (one line,
-    /// `", "` and `": "` separators, keys in order).
+    /// `", "` and `": "` separators, keys in order). `gemma4`'s is what
+    /// Gemma 4's template writes in its system turn (one
+    /// `<|tool>declaration:...<tool|>` per tool), rendered by the vendored
+    /// template; that template writes it after the system prompt's text,
+    /// with nothing between (showdown's own placement differs, which only
+    /// matters for a model whose template does not render tools).
     pub fn tools_system_prompt(&self, tools: &[ToolDefinition]) -> String {
         let shaped: Vec<Value> = tools
             .iter()
@@ -182,6 +210,7 @@ impl ToolCallFormat {
                 .join("\n")
         };
         match self {
+            Self::Gemma4 => gemma4::tools_section(&shaped),
             Self::Qwen35 => {
                 let mut out = String::from(
                     "# Tools\n\nYou have access to the following functions:\n\n<tools>",
@@ -229,7 +258,15 @@ impl ToolCallFormat {
     /// gives Python's `True`/`False` (under jinja2 and the engine's
     /// minijinja alike) and the same text for numbers; `null` is written
     /// `null`, not the template's `None`/`none`, so that it parses back.
+    ///
+    /// In `gemma4`, as Gemma 4's template writes `tool_calls`: each call as
+    /// `<|tool_call>call:NAME{...}<tool_call|>`, keys sorted as its
+    /// `dictsort` sorts them, values in Gemma 4's syntax (`null` as `null`,
+    /// where the template writes `None`), the calls back to back.
     pub fn render_tool_calls(&self, calls: &[ToolCall]) -> String {
+        if *self == Self::Gemma4 {
+            return calls.iter().map(gemma4::render_call).collect();
+        }
         calls
             .iter()
             .map(|call| {
@@ -247,11 +284,13 @@ impl ToolCallFormat {
     /// results: one after another, a blank line between them, or as
     /// [`ToolCallFormat::results_turn`] says). An error result is prefixed by `Error: `. The tool
     /// name is not written: all three conventions identify results by their
-    /// order. `qwen35` trims the result, as Qwen 3.5's template trims a tool
-    /// message's content.
+    /// order (`gemma4` writes it, as its template does, `unknown` when it is
+    /// not known). `qwen35` trims the result, as Qwen 3.5's template trims
+    /// a tool message's content. `gemma4` writes the content as the string
+    /// response its template writes for a tool message.
     pub fn render_tool_result(
         &self,
-        _tool_name: Option<&str>,
+        tool_name: Option<&str>,
         content: &str,
         is_error: bool,
     ) -> String {
@@ -263,6 +302,10 @@ impl ToolCallFormat {
                 let body = format!("{prefix}{content}");
                 format!("<tool_response>\n{}\n</tool_response>", body.trim())
             }
+            Self::Gemma4 => gemma4::render_result(
+                tool_name.unwrap_or("unknown"),
+                &format!("{prefix}{content}"),
+            ),
         }
     }
 
@@ -271,12 +314,23 @@ impl ToolCallFormat {
     /// consecutive results in it. `qwen35`: a newline, as its template
     /// writes a run of tool messages (one user turn, which it tells from a
     /// user query by its starting with `<tool_response>`). The others:
-    /// `None`, results are paragraphs of the user turn.
+    /// `None`, results are paragraphs of the user turn (`gemma4`'s template
+    /// folds them into the model turn, see
+    /// [`ToolCallFormat::results_in_model_turn`]; written by showdown they
+    /// are paragraphs too).
     pub fn results_turn(&self) -> Option<&'static str> {
         match self {
             Self::Qwen35 => Some("\n"),
             _ => None,
         }
+    }
+
+    /// Whether the model's own template reads tool results from the
+    /// assistant message that made the calls (`tool_responses: [{"name",
+    /// "response"}]`), as Gemma 4's does (llama.cpp passes them so, see its
+    /// `common/parsers/gemma4.cpp`), rather than from `tool` messages.
+    pub fn results_in_model_turn(&self) -> bool {
+        *self == Self::Gemma4
     }
 
     /// A streaming parser of this format's model output, without the tools'

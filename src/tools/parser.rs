@@ -34,6 +34,7 @@
 
 use serde_json::Value;
 
+use super::gemma4::Gemma4CallParser;
 use super::xml::XmlCallParser;
 use super::{ToolCall, ToolCallFormat, ToolDefinition};
 
@@ -54,19 +55,22 @@ pub enum ParsedEvent {
     ToolCallEnd(ToolCall),
 }
 
-/// Streaming parser; see the module docs (and `xml.rs`'s for `qwen35`).
+/// Streaming parser; see the module docs (and `xml.rs`'s for `qwen35`,
+/// `gemma4.rs`'s for `gemma4`).
 /// Built by [`ToolCallFormat::parser`] or [`ToolCallFormat::parser_for`].
 pub struct ToolCallParser(Inner);
 
 enum Inner {
     Json(JsonCallParser),
     Xml(XmlCallParser),
+    Gemma4(Gemma4CallParser),
 }
 
 impl ToolCallParser {
     pub(crate) fn new(format: ToolCallFormat, tools: &[ToolDefinition]) -> Self {
         Self(match format {
             ToolCallFormat::Qwen35 => Inner::Xml(XmlCallParser::new(tools)),
+            ToolCallFormat::Gemma4 => Inner::Gemma4(Gemma4CallParser::new(tools)),
             _ => Inner::Json(JsonCallParser::new(format)),
         })
     }
@@ -76,6 +80,7 @@ impl ToolCallParser {
         match &mut self.0 {
             Inner::Json(parser) => parser.push(text),
             Inner::Xml(parser) => parser.push(text),
+            Inner::Gemma4(parser) => parser.push(text),
         }
     }
 
@@ -84,6 +89,7 @@ impl ToolCallParser {
         match self.0 {
             Inner::Json(parser) => parser.finish(),
             Inner::Xml(parser) => parser.finish(),
+            Inner::Gemma4(parser) => parser.finish(),
         }
     }
 }

@@ -483,7 +483,7 @@ fn typed_value(text: &str, kind: &Kind) -> Value {
     }
 }
 
-fn json_type_fits(value: &Value, has: &dyn Fn(&str) -> bool) -> bool {
+pub(super) fn json_type_fits(value: &Value, has: &dyn Fn(&str) -> bool) -> bool {
     match value {
         Value::Null => has("null"),
         Value::Bool(_) => has("boolean"),
@@ -496,7 +496,7 @@ fn json_type_fits(value: &Value, has: &dyn Fn(&str) -> bool) -> bool {
 }
 
 /// The JSON types a property schema allows, as far as it says.
-fn schema_types(schema: &Value, out: &mut Vec<String>) {
+pub(super) fn schema_types(schema: &Value, out: &mut Vec<String>) {
     fn add(out: &mut Vec<String>, t: &str) {
         if !out.iter().any(|have| have == t) {
             out.push(t.to_string());
