@@ -494,6 +494,15 @@ impl Gguf {
             .collect()
     }
 
+    /// The values of a small tensor (a norm, a bias, a scale) as f32.
+    pub(crate) fn tensor_values(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self
+            .tensor(name, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?)
+    }
+
     /// The output scales of weight `name` (`STEM.weight`): the values of
     /// `STEM.scale` when the file has it, which must be `n` finite numbers
     /// (one for a matrix, one per expert for a stacked one). llama.cpp
@@ -506,11 +515,7 @@ impl Gguf {
         if !self.has_tensor(&scale_name) {
             return Ok(None);
         }
-        let values: Vec<f32> = self
-            .tensor(&scale_name, &Device::Cpu)?
-            .dequantize(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?;
+        let values = self.tensor_values(&scale_name)?;
         if values.len() != n {
             return Err(EngineError::Metadata(format!(
                 "tensor `{scale_name}` has {} values; the output scale of `{name}` is {n}",

@@ -631,7 +631,7 @@ impl ValueReader {
             }
             b'"' => {
                 // A JSON string.
-                let Some(end) = json_string_end(rest) else {
+                let Some(end) = super::parser::string_end(rest) else {
                     // Cut off inside it: it is dropped.
                     return Ok(at_end.then_some(rest.len()));
                 };
@@ -758,21 +758,6 @@ impl ValueReader {
     }
 }
 
-/// The end of the JSON string `text` starts with (just after its closing
-/// quote).
-fn json_string_end(text: &str) -> Option<usize> {
-    let mut escaped = false;
-    for (i, c) in text.char_indices().skip(1) {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
-}
-
 /// `text` as the inside of a JSON string.
 fn escaped(text: &str) -> String {
     let quoted = Value::String(text.to_string()).to_string();
@@ -784,7 +769,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::parser::tests::{
-        call, check_all_splits_with, collect_with, expected_events, merge_text,
+        call, calls_of, check_all_splits_with, collect_with, expected_events, merge_text,
     };
     use super::super::{ToolCallFormat, ToolCallParser};
     use super::*;
@@ -832,16 +817,6 @@ mod tests {
 
     fn parse(output: &str) -> Vec<ParsedEvent> {
         collect_with(&new_parser, &[output])
-    }
-
-    fn calls_of(events: &[ParsedEvent]) -> Vec<ToolCall> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                ParsedEvent::ToolCallEnd(call) => Some(call.clone()),
-                _ => None,
-            })
-            .collect()
     }
 
     #[test]

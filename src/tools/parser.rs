@@ -446,7 +446,7 @@ fn read_header(body: &str) -> Header {
 
 /// The length of the JSON string at the start of `text` (which starts with
 /// `"`), quotes included, or `None` if it has not ended yet.
-fn string_end(text: &str) -> Option<usize> {
+pub(super) fn string_end(text: &str) -> Option<usize> {
     let mut escaped = false;
     for (i, c) in text.char_indices().skip(1) {
         match c {
@@ -618,6 +618,17 @@ pub(super) mod tests {
     }
 
     /// The events of `pieces` through a new parser, merged (see [`merge_text`]).
+    /// The calls among `events`, in order.
+    pub(in crate::tools) fn calls_of(events: &[ParsedEvent]) -> Vec<ToolCall> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ParsedEvent::ToolCallEnd(call) => Some(call.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(in crate::tools) fn collect_with(
         new_parser: &dyn Fn() -> ToolCallParser,
         pieces: &[&str],

@@ -575,7 +575,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::parser::tests::{
-        call, check_all_splits_with, collect_with, expected_events, merge_text,
+        call, calls_of, check_all_splits_with, collect_with, expected_events, merge_text,
     };
     use super::super::{ToolCallFormat, ToolCallParser};
     use super::*;
@@ -625,16 +625,6 @@ mod tests {
 
     fn parse(output: &str) -> Vec<ParsedEvent> {
         collect_with(&new_parser, &[output])
-    }
-
-    fn calls_of(events: &[ParsedEvent]) -> Vec<ToolCall> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                ParsedEvent::ToolCallEnd(call) => Some(call.clone()),
-                _ => None,
-            })
-            .collect()
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
 use crate::models::decoder::{Decoder, DecoderBlock};
 use crate::models::layers::{
-    Activation, AttentionShape, Embeddings, FeedForward, Linear, Mlp, RmsNorm, RopeStyle,
-    RotaryEmbedding, SelfAttention,
+    Activation, AttentionShape, Embeddings, FeedForward, Mlp, RmsNorm, RopeStyle, RotaryEmbedding,
+    SelfAttention,
 };
 use crate::models::ModelInfo;
 
@@ -110,13 +110,7 @@ impl Model {
         // Rows are dequantized on lookup: a 262k-token table stays quantized
         // (170 MB as Q8_0 instead of 670 MB as f32) and is the output head
         // itself when the embeddings are tied.
-        let table = Linear::load(gguf, "token_embd.weight", device)?;
-        let embed = Embeddings::from_linear(&table);
-        let output = if gguf.has_tensor("output.weight") {
-            Linear::load(gguf, "output.weight", device)?
-        } else {
-            table
-        };
+        let (embed, output, _) = Embeddings::with_output(gguf, device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let prefix = format!("blk.{i}");

@@ -34,7 +34,7 @@ use crate::gguf::Gguf;
 use crate::kernels;
 use crate::kv_cache::{KvCache, KvRows};
 use crate::models::layers::{
-    heads_outermost, Activation, Embeddings, Linear, Mlp, RmsNorm, RotaryEmbedding,
+    heads_outermost, Activation, Embeddings, Linear, Mlp, RmsNorm, RopeTables, RotaryEmbedding,
 };
 use crate::models::moe::SparseMoe;
 use crate::models::rows::{mlp_rows, project, project_all, Exec};
@@ -250,20 +250,6 @@ impl Config {
     }
 }
 
-fn values(gguf: &Gguf, name: &str) -> Result<Vec<f32>> {
-    Ok(gguf
-        .tensor(name, &Device::Cpu)?
-        .dequantize(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<f32>()?)
-}
-
-/// RMSNorm without a weight, over rows of `width`.
-fn rms_norm_plain(x: &mut [f32], width: usize, eps: f32) {
-    let ones = vec![1f32; width];
-    kernels::elementwise::rms_norm_in_place(x, &ones, eps);
-}
-
 struct Attention {
     q: Linear,
     /// `None` on a layer that reads another layer's cache.
@@ -324,6 +310,8 @@ pub struct Model {
     output: Linear,
     rope_global: RotaryEmbedding,
     rope_sliding: RotaryEmbedding,
+    /// Ones, as the weight of the unweighted norms (v, the router's input).
+    ones: Vec<f32>,
     config: Config,
     info: ModelInfo,
     device: Device,
@@ -335,14 +323,7 @@ impl Model {
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         let cfg = Config::from_gguf(gguf)?;
         let eps = cfg.rms_norm_eps;
-        let table = Linear::load(gguf, "token_embd.weight", device)?;
-        let embed = Embeddings::from_linear(&table);
-        let tied = !gguf.has_tensor("output.weight");
-        let output = if tied {
-            table
-        } else {
-            Linear::load(gguf, "output.weight", device)?
-        };
+        let (embed, output, tied) = Embeddings::with_output(gguf, device)?;
         let per_layer = if cfg.per_layer_input > 0 {
             Some(PerLayerEmbeddings {
                 table: Embeddings::from_linear(&Linear::load(
@@ -359,7 +340,7 @@ impl Model {
         // Proportional rope: the global layers' factors divide each pair's
         // frequency (1e30 leaves a pair unturned).
         let factors = if gguf.has_tensor("rope_freqs.weight") {
-            let f = values(gguf, "rope_freqs.weight")?;
+            let f = gguf.tensor_values("rope_freqs.weight")?;
             if f.len() != cfg.rope_dims / 2 {
                 return Err(EngineError::Metadata(format!(
                     "rope_freqs has {} factors for {} rotated pairs",
@@ -416,7 +397,7 @@ impl Model {
                 // The router's own `.scale` multiplies its input, not its
                 // output: not a projection scale.
                 let router = Linear::load_scaled(gguf, &name("ffn_gate_inp"), None, device)?;
-                let router_scale = values(gguf, &format!("{prefix}.ffn_gate_inp.scale"))?;
+                let router_scale = gguf.tensor_values(&format!("{prefix}.ffn_gate_inp.scale"))?;
                 if router_scale.len() != cfg.hidden_size {
                     return Err(EngineError::Metadata(format!(
                         "{prefix}.ffn_gate_inp.scale has {} values for hidden size {}",
@@ -453,7 +434,7 @@ impl Model {
                 None
             };
             let out_scale = if gguf.has_tensor(&name("layer_output_scale")) {
-                let s = values(gguf, &name("layer_output_scale"))?;
+                let s = gguf.tensor_values(&name("layer_output_scale"))?;
                 if s.len() != 1 {
                     return Err(EngineError::Metadata(format!(
                         "{prefix}.layer_output_scale has {} values, not one",
@@ -511,6 +492,7 @@ impl Model {
             output,
             rope_global,
             rope_sliding,
+            ones: vec![1.0; cfg.hidden_size.max(cfg.head_dim).max(cfg.head_dim_swa)],
             config: cfg,
             info,
             device: device.clone(),
@@ -544,6 +526,12 @@ impl Model {
             .iter()
             .filter_map(|b| b.experts.as_ref().map(|e| e.moe.expert_rows()))
             .collect()
+    }
+
+    /// RMSNorm without a weight, over rows of `width`.
+    fn rms_norm_plain(&self, x: &mut [f32], width: usize) {
+        let eps = self.config.rms_norm_eps as f32;
+        kernels::elementwise::rms_norm_in_place(x, &self.ones[..width], eps);
     }
 
     fn embeddings(&self, table: &Embeddings, tokens: &[u32]) -> Result<Vec<f32>> {
@@ -589,6 +577,7 @@ impl Model {
         attn: &Attention,
         x: &[f32],
         seq: usize,
+        rope: &RopeTables,
         cache: &mut KvCache,
         exec: Exec<'_>,
     ) -> Result<Vec<f32>> {
@@ -599,13 +588,6 @@ impl Model {
             cfg.head_dim_of(layer),
         );
         let sliding = cfg.sliding[layer];
-        let rope = if sliding {
-            &self.rope_sliding
-        } else {
-            &self.rope_global
-        }
-        .tables(cache.len(), seq, &Device::Cpu)?;
-        let eps = cfg.rms_norm_eps as f32;
         let (mut q, kv) = match (&attn.k, &attn.v) {
             (Some(k), Some(v)) => {
                 let [q, k, v] = project_all([&attn.q, k, v], x, seq, exec)?;
@@ -642,7 +624,7 @@ impl Model {
                     .as_ref()
                     .expect("a cache layer has a key norm")
                     .rows_in_place(&mut k);
-                rms_norm_plain(&mut v, d, eps);
+                self.rms_norm_plain(&mut v, d);
                 rope.rotate_rows_partial(&mut k, seq, d);
                 let (k, v) = if seq == 1 {
                     (k, v)
@@ -672,9 +654,8 @@ impl Model {
         exec: Exec<'_>,
     ) -> Result<Vec<f32>> {
         let hidden = self.config.hidden_size;
-        let eps = self.config.rms_norm_eps as f32;
         let mut router_in = residual.to_vec();
-        rms_norm_plain(&mut router_in, hidden, eps);
+        self.rms_norm_plain(&mut router_in, hidden);
         let scale = 1.0 / (hidden as f32).sqrt();
         for row in router_in.chunks_exact_mut(hidden) {
             for (r, s) in row.iter_mut().zip(&experts.router_scale) {
@@ -713,10 +694,18 @@ impl Model {
             Some(ple) => Some(self.per_layer_inputs(ple, tokens, &xs, exec)?),
             None => None,
         };
+        // One table per kind of layer for this forward's positions.
+        let global = self.rope_global.tables(cache.len(), seq, &Device::Cpu)?;
+        let sliding = self.rope_sliding.tables(cache.len(), seq, &Device::Cpu)?;
         let mut normed = vec![0f32; xs.len()];
         for (layer, block) in self.blocks.iter().enumerate() {
             block.attn_norm.rows(&xs, &mut normed);
-            let mut h = self.attention(layer, &block.attn, &normed, seq, cache, exec)?;
+            let rope = if cfg.sliding[layer] {
+                &sliding
+            } else {
+                &global
+            };
+            let mut h = self.attention(layer, &block.attn, &normed, seq, rope, cache, exec)?;
             block.post_attn_norm.rows_in_place(&mut h);
             for (x, y) in xs.iter_mut().zip(&h) {
                 *x += y;

@@ -130,6 +130,22 @@ pub(crate) enum Embeddings {
 }
 
 impl Embeddings {
+    /// `token_embd.weight` and the output head: `output.weight`, or the
+    /// table itself when the file ties them (returned as `true`). Rows are
+    /// dequantized on lookup, so the table stays quantized and a tied head
+    /// is the same packed matrix.
+    pub(crate) fn with_output(gguf: &Gguf, device: &Device) -> Result<(Self, Linear, bool)> {
+        let table = Linear::load(gguf, "token_embd.weight", device)?;
+        let embed = Self::from_linear(&table);
+        let tied = !gguf.has_tensor("output.weight");
+        let output = if tied {
+            table
+        } else {
+            Linear::load(gguf, "output.weight", device)?
+        };
+        Ok((embed, output, tied))
+    }
+
     /// `token_embd.weight`, sharing `output` when it is the same matrix.
     pub(crate) fn from_linear(table: &Linear) -> Self {
         match table {

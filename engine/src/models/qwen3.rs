@@ -20,8 +20,8 @@ use crate::gguf::Gguf;
 use crate::kv_cache::KvCache;
 use crate::models::decoder::{Decoder, DecoderBlock};
 use crate::models::layers::{
-    Activation, AttentionShape, Embeddings, FeedForward, Linear, Mlp, RmsNorm, RopeStyle,
-    RotaryEmbedding, SelfAttention,
+    Activation, AttentionShape, Embeddings, FeedForward, Mlp, RmsNorm, RopeStyle, RotaryEmbedding,
+    SelfAttention,
 };
 use crate::models::moe::SparseMoe;
 use crate::models::ModelInfo;
@@ -104,14 +104,7 @@ impl Model {
     /// Loads weights from a `qwen2`, `qwen3` or `qwen3moe` GGUF.
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         let cfg = Config::from_gguf(gguf)?;
-        let table = Linear::load(gguf, "token_embd.weight", device)?;
-        let embed = Embeddings::from_linear(&table);
-        let tied = !gguf.has_tensor("output.weight");
-        let output = if tied {
-            table
-        } else {
-            Linear::load(gguf, "output.weight", device)?
-        };
+        let (embed, output, tied) = Embeddings::with_output(gguf, device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let prefix = format!("blk.{i}");

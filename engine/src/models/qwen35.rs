@@ -247,15 +247,6 @@ fn softplus(x: f32) -> f32 {
     }
 }
 
-/// Values of a small F32 tensor (norms, biases, the convolution).
-fn values(gguf: &Gguf, name: &str, device: &Device) -> Result<Vec<f32>> {
-    Ok(gguf
-        .tensor(name, device)?
-        .dequantize(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<f32>()?)
-}
-
 /// A Gated DeltaNet layer's weights.
 struct GatedDeltaNet {
     qkv: Linear,
@@ -278,7 +269,7 @@ impl GatedDeltaNet {
         let w = |name: &str| Linear::in_block(gguf, prefix, name, device);
         let channels = cfg.conv_channels();
         let kernel = cfg.conv_kernel;
-        let conv = values(gguf, &format!("{prefix}.ssm_conv1d.weight"), device)?;
+        let conv = gguf.tensor_values(&format!("{prefix}.ssm_conv1d.weight"))?;
         if conv.len() != channels * kernel {
             return Err(EngineError::Metadata(format!(
                 "{prefix}.ssm_conv1d has {} values, expected {channels} channels of {kernel} taps",
@@ -293,7 +284,7 @@ impl GatedDeltaNet {
             }
         }
         let per_head = |name: &str| -> Result<Vec<f32>> {
-            let v = values(gguf, &format!("{prefix}.{name}"), device)?;
+            let v = gguf.tensor_values(&format!("{prefix}.{name}"))?;
             if v.len() != cfg.linear_value_heads {
                 return Err(EngineError::Metadata(format!(
                     "{prefix}.{name} has {} values for {} value heads",
@@ -311,7 +302,7 @@ impl GatedDeltaNet {
             dt_bias: per_head("ssm_dt.bias")?,
             a: per_head("ssm_a")?,
             conv_taps,
-            norm: values(gguf, &format!("{prefix}.ssm_norm.weight"), device)?,
+            norm: gguf.tensor_values(&format!("{prefix}.ssm_norm.weight"))?,
             out: w("ssm_out")?,
         })
     }
@@ -558,14 +549,7 @@ impl Model {
     /// Loads weights from a `qwen35` or `qwen35moe` GGUF.
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
         let cfg = Config::from_gguf(gguf)?;
-        let table = Linear::load(gguf, "token_embd.weight", device)?;
-        let embed = Embeddings::from_linear(&table);
-        let tied = !gguf.has_tensor("output.weight");
-        let output = if tied {
-            table
-        } else {
-            Linear::load(gguf, "output.weight", device)?
-        };
+        let (embed, output, tied) = Embeddings::with_output(gguf, device)?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for (i, &recurrent) in cfg.recurrent_layers.iter().enumerate() {
             let prefix = format!("blk.{i}");
@@ -593,11 +577,8 @@ impl Model {
                         w("ffn_down_shexp")?,
                         Activation::Silu,
                     ),
-                    shared_gate: values(
-                        gguf,
-                        &format!("{prefix}.ffn_gate_inp_shexp.weight"),
-                        device,
-                    )?,
+                    shared_gate: gguf
+                        .tensor_values(&format!("{prefix}.ffn_gate_inp_shexp.weight"))?,
                     shared_rows: AtomicU64::new(0),
                 }
             } else {
