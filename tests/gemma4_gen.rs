@@ -148,7 +148,8 @@ fn f32_values(values: &[f32]) -> QTensor {
     QTensor::quantize(&Tensor::new(values, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
 }
 
-fn metadata(spec: &Gemma4Spec) -> (Vec<(String, gguf_file::Value)>, usize) {
+/// The `general.architecture` and `gemma4.*` keys of a file of this shape.
+pub(crate) fn hparams_metadata(spec: &Gemma4Spec) -> Vec<(String, gguf_file::Value)> {
     let key = |k: &str| format!("gemma4.{k}");
     let per_layer = |f: &dyn Fn(usize) -> usize| {
         gguf_file::Value::Array((0..spec.layers).map(|i| u32v(f(i))).collect())
@@ -207,8 +208,13 @@ fn metadata(spec: &Gemma4Spec) -> (Vec<(String, gguf_file::Value)>, usize) {
         metadata.push((key("expert_used_count"), u32v(spec.top_k)));
         metadata.push((key("expert_feed_forward_length"), u32v(spec.expert_ff)));
     }
+    metadata
+}
+
+fn metadata(spec: &Gemma4Spec) -> (Vec<(String, gguf_file::Value)>, usize) {
+    let mut metadata = hparams_metadata(spec);
     let (tokenizer, vocab) = smollm2_tokenizer();
-    metadata.push((key("vocab_size"), u32v(vocab)));
+    metadata.push(("gemma4.vocab_size".into(), u32v(vocab)));
     metadata.extend(tokenizer);
     (metadata, vocab)
 }

@@ -7,6 +7,7 @@ mod fp4_gen;
 mod gemma3;
 mod gemma4;
 mod gemma4_gen;
+mod gemma4_vocab_gen;
 mod github;
 mod hostile_files;
 mod hostile_requests;

@@ -13,6 +13,7 @@ use showdown_engine::{
     ChatTemplate, ChatTemplateInput, Engine, Gguf, LoadOptions, Tokenizer, GEMMA_TEMPLATE,
 };
 
+use crate::gemma4_vocab_gen::write_gemma4_vocab;
 use crate::util::{pinned_model_path, sha256_hex};
 
 /// `fixtures/tokenizer/MODEL.json`.
@@ -135,9 +136,39 @@ impl Mismatches {
     }
 }
 
+/// The reference for a vocabulary-only file (not a pinned model) and the
+/// engine's tokenizer for it, after checking the reference is for this file.
+fn vocabulary_reference_and_tokenizer(name: &str, path: &Path) -> (TokenizerReference, Tokenizer) {
+    let reference: TokenizerReference = read_json(&format!("tokenizer/{name}.json"));
+    assert_eq!(reference.model, name);
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(
+        reference.sha256,
+        sha256_hex(&bytes),
+        "fixtures/tokenizer/{name}.json is for another file than {}: regenerate it with \
+         fixtures/tokenizer/make_reference.sh {name}",
+        path.display()
+    );
+    let gguf = Gguf::open(path).expect("open the GGUF");
+    let tokenizer = Tokenizer::from_gguf(&gguf).expect("build the tokenizer");
+    (reference, tokenizer)
+}
+
+/// The generated Gemma 4 vocabulary, written afresh, with its reference.
+fn generated_gemma4() -> (TokenizerReference, Tokenizer) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gemma4-generated.gguf");
+    write_gemma4_vocab(&path);
+    vocabulary_reference_and_tokenizer("gemma4-generated", &path)
+}
+
 /// Every case encodes to exactly llama.cpp's ids.
 fn assert_ids_match(model: &str) {
     let (reference, tokenizer) = reference_and_tokenizer(model);
+    assert_reference_ids(model, &reference, &tokenizer);
+}
+
+fn assert_reference_ids(model: &str, reference: &TokenizerReference, tokenizer: &Tokenizer) {
     let mut mismatches = Mismatches::default();
     for case in &reference.cases {
         let got = tokenizer.encode(&case.text).expect("encode");
@@ -155,6 +186,10 @@ fn assert_ids_match(model: &str) {
 /// model adds, which decodes to its own text).
 fn assert_decode_round_trips(model: &str) {
     let (reference, tokenizer) = reference_and_tokenizer(model);
+    assert_reference_decodes(model, &reference, &tokenizer);
+}
+
+fn assert_reference_decodes(model: &str, reference: &TokenizerReference, tokenizer: &Tokenizer) {
     let mut mismatches = Mismatches::default();
     for case in &reference.cases {
         let mut ids = case.ids.as_slice();
@@ -191,6 +226,55 @@ fn gemma3_ids_match_llama_cpp() {
 #[test]
 fn gemma3_decode_round_trips_without_bos() {
     assert_decode_round_trips("gemma3-270m");
+}
+
+/// Gemma 4's tokenizer (BPE over raw UTF-8 with stored merges, newline runs
+/// apart, `<0xXX>` byte fallback, BOS always) on a generated vocabulary in
+/// the real one's layout, against llama.cpp on the same file.
+#[test]
+fn gemma4_generated_vocabulary_ids_match_llama_cpp() {
+    let (reference, tokenizer) = generated_gemma4();
+    assert!(reference.add_bos_token);
+    // The cases reach byte fallback and the run tokens, or they prove little.
+    let all: Vec<u32> = reference.cases.iter().flat_map(|c| c.ids.clone()).collect();
+    let byte = |id: &u32| tokenizer.token(*id).is_some_and(|t| t.starts_with("<0x"));
+    assert!(all.iter().filter(|id| byte(id)).count() > 100);
+    let longest_newlines = "\n".repeat(31);
+    assert!(all
+        .iter()
+        .any(|id| tokenizer.token(*id).as_deref() == Some(&longest_newlines)));
+    assert_reference_ids("gemma4-generated", &reference, &tokenizer);
+}
+
+#[test]
+fn gemma4_generated_vocabulary_decodes_round_trip() {
+    let (reference, tokenizer) = generated_gemma4();
+    assert_reference_decodes("gemma4-generated", &reference, &tokenizer);
+}
+
+/// Gemma 4 stops at the end of its turn and where it hands over to a tool,
+/// as llama.cpp's end-of-generation list has it.
+#[test]
+fn gemma4_stops_at_eos_end_of_turn_and_tool_response() {
+    let (_, tokenizer) = generated_gemma4();
+    let id = |t: &str| tokenizer.inner().token_to_id(t).unwrap();
+    let mut expected = vec![id("<eos>"), id("<turn|>"), id("<|tool_response>")];
+    expected.sort_unstable();
+    assert_eq!(tokenizer.stop_tokens(), expected.as_slice());
+}
+
+/// The real Gemma 4 vocabulary (262,144 tokens, 514,906 merges: llama.cpp's
+/// `models/ggml-vocab-gemma-4.gguf`, the 26B-A4B's metadata without tensors)
+/// against llama.cpp, llama.cpp's own tokenizer inputs for it included.
+#[test]
+#[ignore = "needs SHOWDOWN_GEMMA4_VOCAB: llama.cpp b11434's models/ggml-vocab-gemma-4.gguf"]
+fn gemma4_real_vocabulary_ids_match_llama_cpp() {
+    let path = std::env::var_os("SHOWDOWN_GEMMA4_VOCAB").expect("SHOWDOWN_GEMMA4_VOCAB");
+    let (reference, tokenizer) =
+        vocabulary_reference_and_tokenizer("gemma4-26b-vocab", Path::new(&path));
+    assert_eq!(tokenizer.vocab_size(), 262_144);
+    assert_reference_ids("gemma4-26b-vocab", &reference, &tokenizer);
+    assert_reference_decodes("gemma4-26b-vocab", &reference, &tokenizer);
 }
 
 /// Gemma's template writes `<bos>` itself. llama.cpp strips that text from a

@@ -1183,30 +1183,22 @@ fn tools_gemma4_prompt_renders_as_its_template() {
 /// Gemma 4's markers and string quote as its vocabulary has them.
 const GEMMA4_MARKERS: [&str; 4] = ["<|tool_call>", "<tool_call|>", "<|\"|>", "<|tool_response>"];
 
-/// SmolLM2's tokenizer with Gemma 4's markers added as control tokens, so
-/// that they are special tokens, as in Gemma 4's vocabulary.
+/// A tokenizer in Gemma 4's own layout (`tests/gemma4_vocab_gen.rs`: the
+/// real vocabulary's markers at their ids and token types, the call markers
+/// and the string quote user-defined as there).
 fn tokenizer_with_gemma4_markers() -> showdown_engine::Tokenizer {
-    use candle_core::quantized::gguf_file::Value as G;
-    let (mut metadata, _) = crate::moe_gen::smollm2_tokenizer();
-    for (key, value) in metadata.iter_mut() {
-        let G::Array(items) = value else { continue };
-        let added = |make: &dyn Fn(&str) -> G| GEMMA4_MARKERS.map(make);
-        match key.as_str() {
-            "tokenizer.ggml.tokens" => items.extend(added(&|m| G::String(m.into()))),
-            "tokenizer.ggml.token_type" => items.extend(added(&|_| G::I32(3))),
-            "tokenizer.ggml.scores" => items.extend(added(&|_| G::F32(0.0))),
-            _ => {}
-        }
-    }
-    metadata.push(("general.architecture".into(), G::String("llama".into())));
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokenizer.gguf");
-    crate::moe_gen::write_gguf(&path, &metadata, &[]);
+    let path = dir.path().join("gemma4-vocab.gguf");
+    crate::gemma4_vocab_gen::write_gemma4_vocab(&path);
     let gguf = showdown_engine::Gguf::open(&path).unwrap();
-    showdown_engine::Tokenizer::from_gguf(&gguf).unwrap()
+    let tokenizer = showdown_engine::Tokenizer::from_gguf(&gguf).unwrap();
+    for marker in GEMMA4_MARKERS {
+        assert!(tokenizer.inner().token_to_id(marker).is_some(), "{marker}");
+    }
+    tokenizer
 }
 
-/// With a tokenizer that has Gemma 4's markers as special tokens, the
+/// With a tokenizer that has Gemma 4's markers as tokens of their own, the
 /// grammar writes them as those tokens (a model writes them so; text in a
 /// grammar could never match them): a rendered call, tokenized as the
 /// engine tokenizes it, is accepted whole, and the turn may end after it;

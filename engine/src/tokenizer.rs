@@ -1,7 +1,8 @@
 //! The tokenizer, built from the GGUF's own metadata (`tokenizer.ggml.*`) into a
 //! Hugging Face `tokenizers::Tokenizer`, so a model file is self-contained:
-//! gpt2-style byte-level BPE (SmolLM2, Llama 3, Qwen) and SentencePiece-style
-//! BPE with byte fallback (Gemma, Llama 2).
+//! gpt2-style byte-level BPE (SmolLM2, Llama 3, Qwen), SentencePiece-style
+//! BPE with byte fallback (Gemma 1-3, Llama 2), and Gemma 4's BPE over raw
+//! UTF-8 with stored merges and `<0xXX>` byte fallback.
 
 use std::collections::HashMap;
 
@@ -36,7 +37,20 @@ const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Token names that end a turn for the chat families showdown knows, beyond EOS.
-const END_OF_TURN_TOKENS: &[&str] = &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"];
+/// Gemma 4 ends a turn with `<turn|>` and hands over to the caller's tools at
+/// `<|tool_response>` (llama.cpp's end-of-generation list, `llama-vocab.cpp`).
+const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "<turn|>",
+    "<|tool_response>",
+];
+
+/// Gemma 4's pre-tokenizer: runs of newlines apart from everything else, so
+/// BPE runs over whole lines (spaces are `▁` by then, so words merge across).
+const GEMMA4_REGEX: &str = r"[^\n]+|[\n]+";
 
 /// A tokenizer plus the special tokens generation needs.
 pub struct Tokenizer {
@@ -81,6 +95,20 @@ fn f32_array(gguf: &Gguf, key: &str) -> Result<Vec<f32>> {
         .collect()
 }
 
+/// `tokenizer.ggml.merges`, each `LEFT RIGHT` split at the first space after
+/// the first byte (a left piece may itself be a space, as llama.cpp reads them).
+fn merges(gguf: &Gguf) -> Result<Vec<(String, String)>> {
+    string_array(gguf, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            let split = m.char_indices().skip(1).find(|&(_, c)| c == ' ');
+            split
+                .map(|(at, _)| (m[..at].to_string(), m[at + 1..].to_string()))
+                .ok_or_else(|| EngineError::Tokenizer(format!("bad merge `{m}`")))
+        })
+        .collect()
+}
+
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(e.to_string())
 }
@@ -93,6 +121,16 @@ fn split_regex(pattern: &str) -> Result<PreTokenizerWrapper> {
     )
     .map_err(tok_err)?;
     Ok(split.into())
+}
+
+/// Decodes `▁` pieces and `<0xXX>` byte tokens back to text.
+fn sentencepiece_decoder() -> Result<DecoderSequence> {
+    let decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("▁", " ").map_err(tok_err)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    Ok(DecoderSequence::new(decoders))
 }
 
 /// The pre-tokenizer named by `tokenizer.ggml.pre`, as llama.cpp defines it.
@@ -174,16 +212,8 @@ impl Tokenizer {
 
         let mut inner = match model.as_str() {
             "gpt2" => {
-                let merges = string_array(gguf, "tokenizer.ggml.merges")?
-                    .into_iter()
-                    .map(|m| {
-                        m.split_once(' ')
-                            .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .ok_or_else(|| EngineError::Tokenizer(format!("bad merge `{m}`")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
                 let bpe = BPE::builder()
-                    .vocab_and_merges(vocab, merges)
+                    .vocab_and_merges(vocab, merges(gguf)?)
                     .build()
                     .map_err(tok_err)?;
                 let pre = gguf.string("tokenizer.ggml.pre").unwrap_or("gpt2");
@@ -216,17 +246,30 @@ impl Tokenizer {
                 normalizers.push(Replace::new(" ", "▁").map_err(tok_err)?.into());
                 let mut t = tokenizers::Tokenizer::new(bpe);
                 t.with_normalizer(Some(NormalizerSequence::new(normalizers)));
-                let decoders: Vec<DecoderWrapper> = vec![
-                    Replace::new("▁", " ").map_err(tok_err)?.into(),
-                    ByteFallback::new().into(),
-                    Fuse::new().into(),
-                ];
-                t.with_decoder(Some(DecoderSequence::new(decoders)));
+                t.with_decoder(Some(sentencepiece_decoder()?));
+                t
+            }
+            "gemma4" => {
+                // llama.cpp's `gemma4` tokenizer: spaces become `▁` (no space
+                // prefix), the text splits into lines and newline runs, merges
+                // apply by rank over raw UTF-8 characters, and what no token
+                // covers falls back to `<0xXX>` byte tokens.
+                let mut builder = BPE::builder()
+                    .vocab_and_merges(vocab, merges(gguf)?)
+                    .byte_fallback(true);
+                if let Some(unk) = unk {
+                    builder = builder.unk_token(unk);
+                }
+                let bpe = builder.build().map_err(tok_err)?;
+                let mut t = tokenizers::Tokenizer::new(bpe);
+                t.with_normalizer(Some(Replace::new(" ", "▁").map_err(tok_err)?));
+                t.with_pre_tokenizer(Some(split_regex(GEMMA4_REGEX)?));
+                t.with_decoder(Some(sentencepiece_decoder()?));
                 t
             }
             other => {
                 return Err(EngineError::Tokenizer(format!(
-                    "unsupported tokenizer model `{other}` (supported: gpt2, llama)"
+                    "unsupported tokenizer model `{other}` (supported: gpt2, llama, gemma4)"
                 )))
             }
         };
@@ -252,9 +295,11 @@ impl Tokenizer {
         }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
-        let add_bos = gguf
-            .bool("tokenizer.ggml.add_bos_token")
-            .unwrap_or(model == "llama");
+        // llama.cpp forces BOS on for Gemma 4 whatever the file says.
+        let add_bos = model == "gemma4"
+            || gguf
+                .bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(model == "llama");
 
         let text = |id: Option<u32>| id.and_then(|id| tokens.get(id as usize).cloned());
         Ok(Self {
