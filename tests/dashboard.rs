@@ -100,7 +100,12 @@ fn build_fixture() -> Fixture {
              VALUES (?, 'agent-coding', 'smollm2-135m', 0, ?, '2026-01-01T00:00:00Z')",
         )
         .bind(real[1])
-        .bind(r#"[{"gate": "word-limit pass rate", "value": 0.0, "limit": 0.8, "passed": false}]"#)
+        .bind(
+            r#"[{"suite": "word-limit", "gate": "pass_rate", "value": 0.25, "limit": "≥ 0.8",
+                 "passed": false, "detail": "1 of 4 cases pass", "run_id": 2},
+                {"suite": "word-limit", "gate": "p50_e2e_ms", "value": null, "limit": "≤ 5000",
+                 "passed": false, "detail": "no latency figure", "run_id": 2}]"#,
+        )
         .execute(store.pool())
         .await
         .unwrap();
@@ -307,7 +312,10 @@ async fn two_real_runs_show_in_overview_trends_run_pages_and_comparison() {
         "What is 2 + 2? Answer in fewer than 10 words.",
         &format!("href=\"/dashboard/compare?base={first}&amp;head={second}\""),
         "profile agent-coding",
-        "&quot;gate&quot;: &quot;word-limit pass rate&quot;",
+        // The gates as a table, values in their units, as the CLI prints them.
+        "<tr><td>word-limit</td><td>pass_rate</td><td class=\"num\">25%</td><td>≥ 0.8</td>\
+         <td><span class=\"badge fail\">fail</span></td><td>1 of 4 cases pass</td></tr>",
+        "<tr><td>word-limit</td><td>p50_e2e_ms</td><td class=\"num\">–</td><td>≤ 5000</td>",
     ] {
         assert!(html.contains(needle), "run page lacks {needle}");
     }

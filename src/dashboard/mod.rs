@@ -194,6 +194,7 @@ pub fn templates() -> anyhow::Result<Environment<'static>> {
     env.add_filter("params", filters::params);
     env.add_filter("short", filters::short);
     env.add_filter("pretty_json", filters::pretty_json);
+    env.add_filter("gate_value", crate::report::gate_value);
     for (name, source) in TEMPLATES {
         env.add_template(name, source)?;
     }

@@ -22,7 +22,7 @@ pub use qualify::{
     evaluate as evaluate_qualification, GateResult, Profile, QualificationFile, SuiteEvidence,
     SuiteGates, Verdict,
 };
-pub use render::{render_markdown, render_verdicts};
+pub use render::{gate_value, render_markdown, render_verdicts};
 pub use stats::{
     bootstrap_median_ratio, erfc, fisher_drop_p, ln_factorial, mann_whitney, median, MannWhitney,
     SplitMix64,

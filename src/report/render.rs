@@ -44,8 +44,9 @@ pub fn render_verdicts(verdicts: &[Verdict], description: &str) -> Result<String
 }
 
 /// A gate's value in its own unit: a pass rate as a percentage, a count as
-/// an integer, a latency or speed with one decimal.
-fn gate_value(gate: Value) -> String {
+/// an integer, a latency or speed with one decimal (the CLI's and the
+/// dashboard's gate tables share it).
+pub fn gate_value(gate: Value) -> String {
     let value = gate
         .get_attr("value")
         .ok()
