@@ -96,7 +96,8 @@ fn f32_array(gguf: &Gguf, key: &str) -> Result<Vec<f32>> {
 }
 
 /// `tokenizer.ggml.merges`, each `LEFT RIGHT` split at the first space after
-/// the first byte (a left piece may itself be a space, as llama.cpp reads them).
+/// the first character (a left piece may itself be a space: llama.cpp searches
+/// from byte 1, which is the same, a space being one byte).
 fn merges(gguf: &Gguf) -> Result<Vec<(String, String)>> {
     string_array(gguf, "tokenizer.ggml.merges")?
         .into_iter()
