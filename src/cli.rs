@@ -41,7 +41,7 @@ pub enum Command {
     /// engine, for Claude Code and the Anthropic SDKs.
     Serve(ServeArgs),
     /// Run eval suites against a target, score them and record the run in
-    /// SQLite. With no arguments: the default model on the default suites.
+    /// the results database. With no arguments: the default model on the default suites.
     Run(RunArgs),
     /// Stored runs: list them, show one.
     Runs {
@@ -69,14 +69,41 @@ pub enum Command {
     /// Serve the read-only dashboard (trends, runs, comparisons, models) over
     /// a results database, without loading any model.
     Dashboard(DashboardArgs),
+    /// Results databases: copy a history from one store to another.
+    Db {
+        /// What to do with the databases.
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+/// `showdown db …`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy every finished run (suites, cases, checks, requests, verdicts)
+    /// from one results database into another, under new ids; runs the
+    /// target already has are skipped, so copying again adds nothing.
+    ///
+    /// Example: `showdown db copy sqlite:showdown.db postgres://ci@db.internal/showdown`
+    Copy {
+        /// The database read: a SQLite file (`sqlite:FILE` or a path) or a
+        /// postgres:// URL.
+        from: showdown::DbLocation,
+        /// The database written (created and migrated when new).
+        to: showdown::DbLocation,
+        /// Print what was copied as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `showdown dashboard …`
 #[derive(Debug, clap::Args)]
 pub struct DashboardArgs {
-    /// The results database.
+    /// The results database: a SQLite file (created when missing) or a
+    /// postgres:// URL.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
+    pub db: showdown::DbLocation,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub addr: std::net::SocketAddr,
@@ -134,9 +161,10 @@ pub struct RunArgs {
     /// Override every case's sampling temperature.
     #[arg(long)]
     pub temperature: Option<f64>,
-    /// The results database.
+    /// The results database: a SQLite file (created when missing) or a
+    /// postgres:// URL.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
+    pub db: showdown::DbLocation,
     /// Only cases whose SUITE/CASE id contains this.
     #[arg(long = "case")]
     pub case_filter: Option<String>,
@@ -223,9 +251,10 @@ impl GitArgs {
 /// The database and thresholds of a comparison.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareOptions {
-    /// The results database.
+    /// The results database: a SQLite file (created when missing) or a
+    /// postgres:// URL.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
+    pub db: showdown::DbLocation,
     /// Thresholds file (default: evals/compare.toml when present).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
@@ -314,9 +343,10 @@ pub struct QualifyArgs {
     /// The qualification file (default: evals/qualification.toml).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
-    /// The results database.
+    /// The results database: a SQLite file (created when missing) or a
+    /// postgres:// URL.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
+    pub db: showdown::DbLocation,
     /// A label for runs made here (a branch, `nightly`).
     #[arg(long)]
     pub label: Option<String>,
@@ -339,9 +369,10 @@ pub struct QualifyArgs {
 pub enum RunsCommand {
     /// List stored runs, newest first.
     List {
-        /// The results database.
+        /// The results database: a SQLite file (created when missing) or a
+        /// postgres:// URL.
         #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-        db: std::path::PathBuf,
+        db: showdown::DbLocation,
         /// Most runs listed.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -354,9 +385,10 @@ pub enum RunsCommand {
     Show {
         /// Run id, `latest` or `latest:LABEL`.
         run: String,
-        /// The results database.
+        /// The results database: a SQLite file (created when missing) or a
+        /// postgres:// URL.
         #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-        db: std::path::PathBuf,
+        db: showdown::DbLocation,
         /// Print JSON with every transcript.
         #[arg(long)]
         json: bool,
@@ -368,9 +400,10 @@ pub enum RunsCommand {
 pub struct RescoreArgs {
     /// Run id, `latest` or `latest:LABEL`.
     pub run: String,
-    /// The results database.
+    /// The results database: a SQLite file (created when missing) or a
+    /// postgres:// URL.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
+    pub db: showdown::DbLocation,
 }
 
 /// `showdown rerun …`
@@ -378,9 +411,10 @@ pub struct RescoreArgs {
 pub struct RerunArgs {
     /// Run id, `latest` or `latest:LABEL`.
     pub run: String,
-    /// The results database.
+    /// The results database: a SQLite file (created when missing) or a
+    /// postgres:// URL.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
+    pub db: showdown::DbLocation,
     /// Environment variable holding the target's API key.
     #[arg(long)]
     pub api_key_env: Option<String>,
@@ -452,7 +486,7 @@ pub struct ServeArgs {
     /// The results database the dashboard (at /dashboard) shows; without
     /// that file the dashboard is not served.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
-    pub db: std::path::PathBuf,
+    pub db: showdown::DbLocation,
 }
 
 /// `showdown generate …`

@@ -89,8 +89,8 @@ pub use runner::{
     RunOptions, RunReport, SuiteSummary, Target, Timeouts, ToolExecutor, DEFAULT_SUITES,
 };
 pub use store::{
-    now as store_now, CaseRecord, CheckRecord, HostInfo, NewRun, RequestMetrics, RunRow, Store,
-    StoredCase, StoredVerdict, SuiteRow,
+    copy_history, now as store_now, CaseRecord, CheckRecord, CopyReport, DbLocation, HostInfo,
+    NewRun, RequestMetrics, RunRow, Store, StoredCase, StoredVerdict, SuiteRow,
 };
 pub use tools::{
     ParsedEvent, ToolCall, ToolCallConstraint, ToolCallFormat, ToolCallParser, ToolChoice,

@@ -64,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Qualify(args) => commands::qualify::run(args),
         Command::PrComment(args) => commands::pr_comment::run(args),
         Command::Dashboard(args) => commands::dashboard::run(args),
+        Command::Db { command } => commands::db::run(command),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::util::{free_port, ChildGuard};
 
 /// What a fake target does with each connection.
 #[derive(Clone)]
-enum Behaviour {
+pub(crate) enum Behaviour {
     /// Reads the request and never answers (the connection stays open).
     Silent,
     /// Writes these bytes and closes.
@@ -32,17 +32,19 @@ enum Behaviour {
     WriteThenStall(Vec<u8>),
     /// Writes these bytes, then a ping every 20 ms, forever.
     WriteThenPing(Vec<u8>),
+    /// Waits, then writes these bytes and closes (a target that takes its time).
+    WriteAfter(Duration, Vec<u8>),
 }
 
 /// A loopback server answering every connection as its behaviour says.
-struct FakeTarget {
-    url: String,
+pub(crate) struct FakeTarget {
+    pub(crate) url: String,
     /// Connections accepted so far.
     accepted: Arc<Mutex<usize>>,
 }
 
 impl FakeTarget {
-    fn start(behaviour: Behaviour) -> Self {
+    pub(crate) fn start(behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(Mutex::new(0));
@@ -58,7 +60,7 @@ impl FakeTarget {
         Self { url, accepted }
     }
 
-    fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         *self.accepted.lock().unwrap()
     }
 }
@@ -101,6 +103,10 @@ fn answer(mut stream: TcpStream, behaviour: Behaviour) {
             let _ = stream.flush();
             std::thread::sleep(Duration::from_secs(3600));
         }
+        Behaviour::WriteAfter(wait, bytes) => {
+            std::thread::sleep(wait);
+            let _ = stream.write_all(&bytes);
+        }
         Behaviour::WriteThenPing(bytes) => {
             let _ = stream.write_all(&bytes);
             let ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
@@ -112,10 +118,10 @@ fn answer(mut stream: TcpStream, behaviour: Behaviour) {
 }
 
 /// A 200 event-stream response's head; the body runs until the connection closes.
-const SSE_HEAD: &str =
+pub(crate) const SSE_HEAD: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
 
-fn sse(events: &[(&str, Value)]) -> String {
+pub(crate) fn sse(events: &[(&str, Value)]) -> String {
     events
         .iter()
         .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
@@ -123,7 +129,7 @@ fn sse(events: &[(&str, Value)]) -> String {
 }
 
 /// A well-formed stream answering `text`.
-fn valid_events(text: &str) -> Vec<(&'static str, Value)> {
+pub(crate) fn valid_events(text: &str) -> Vec<(&'static str, Value)> {
     let (first, rest) = text.split_at(text.len() / 2);
     vec![
         (
@@ -615,7 +621,13 @@ fn write_suite(dir: &Path, max_tokens: [u32; 3]) -> PathBuf {
     path
 }
 
-fn runner(dir: &Path, target: &str, suite: &Path, db: &Path, extra: &[&str]) -> Command {
+pub(crate) fn runner(
+    dir: &Path,
+    target: &str,
+    suite: &Path,
+    db: impl AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_showdown"));
     command
         .args([

@@ -14,6 +14,7 @@ mod hostile_requests;
 mod models;
 mod moe;
 mod moe_gen;
+mod postgres;
 mod qualify;
 mod qwen2;
 mod qwen3;

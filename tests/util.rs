@@ -581,3 +581,43 @@ pub fn proptest_cases(base: u32) -> u32 {
         .max(1);
     base.saturating_mul(scale)
 }
+
+/// The PostgreSQL server the store's tests use: `SHOWDOWN_TEST_POSTGRES`, a
+/// URL `./scripts/test` sets after starting a throwaway cluster on loopback.
+pub const POSTGRES_ENV: &str = "SHOWDOWN_TEST_POSTGRES";
+
+/// A new, empty database of its own on the test PostgreSQL server, or None
+/// when `SHOWDOWN_TEST_POSTGRES=skip` says to leave PostgreSQL out. Unset, it
+/// fails: a PostgreSQL test that passes without a server would prove nothing.
+pub async fn postgres_database() -> Option<showdown::DbLocation> {
+    use sqlx::{Connection, Executor};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    let server = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{POSTGRES_ENV} is unset: ./scripts/test starts a PostgreSQL cluster for these tests \
+             (or set it to a server's URL, or to `skip`)"
+        )
+    });
+    if server == "skip" {
+        eprintln!("{POSTGRES_ENV}=skip: this PostgreSQL test checks nothing");
+        return None;
+    }
+    let name = format!(
+        "showdown_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {POSTGRES_ENV} ({server}): {e}"));
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&format!("/{name}"));
+    Some(url.as_str().parse().unwrap())
+}

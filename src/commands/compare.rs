@@ -28,7 +28,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
 /// latency regression by reruns when asked.
 pub async fn compare_runs(options: &CompareOptions, base: &str, head: &str) -> Result<Comparison> {
     let config = thresholds(options)?;
-    let store = Store::open(&options.db).await?;
+    let store = Store::connect(&options.db).await?;
     let mut comparison = compare_stored(&store, base, head, &config, options.force).await?;
     if options.confirm && comparison.compared() {
         confirm(options, &store, &config, &mut comparison).await?;
@@ -114,7 +114,7 @@ async fn rerun(
     bin: &std::path::Path,
     run: &RunRow,
     suites: &[String],
-    db: &std::path::Path,
+    db: &showdown::DbLocation,
 ) -> Result<i64> {
     let mut command = tokio::process::Command::new(bin);
     command
@@ -134,7 +134,7 @@ async fn rerun(
         ])
         .args(["--label", &format!("confirm:{}", run.id)])
         .arg("--db")
-        .arg(db);
+        .arg(db.as_arg());
     for suite in suites {
         command.args(["--suite", suite]);
     }

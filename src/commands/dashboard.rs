@@ -2,9 +2,9 @@
 //! model loaded (the same pages `showdown serve` shows at `/dashboard`).
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use anyhow::{Context, Result};
+use showdown::DbLocation;
 use showdown::{
     dashboard_standalone_router, default_suites_dir, CompareConfig, DashboardConfig,
     DashboardState, ModelStore, Store,
@@ -21,9 +21,9 @@ pub fn run(args: DashboardArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     anyhow::ensure!(
-        args.db.is_file(),
+        args.db.may_hold_results(),
         "no results database at {} (`showdown run` writes one; --db names another)",
-        args.db.display()
+        args.db
     );
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,7 +37,7 @@ pub fn run(args: DashboardArgs) -> Result<()> {
             eprintln!(
                 "dashboard at http://{}/dashboard ({})",
                 listener.local_addr()?,
-                args.db.display()
+                args.db
             );
             axum::serve(listener, dashboard_standalone_router(state))
                 .with_graceful_shutdown(async {
@@ -50,7 +50,7 @@ pub fn run(args: DashboardArgs) -> Result<()> {
 
 /// The dashboard over `db`, with the thresholds `showdown compare` uses.
 pub async fn state(
-    db: &Path,
+    db: &DbLocation,
     addr: SocketAddr,
     api_key: Option<String>,
     allowed_hosts: &[String],
@@ -62,7 +62,7 @@ pub async fn state(
         CompareConfig::default()
     };
     DashboardState::new(DashboardConfig {
-        store: Store::open(db).await?,
+        store: Store::connect(db).await?,
         // Without a models file or cache the models page lists what runs used.
         models: ModelStore::from_env().ok(),
         compare,

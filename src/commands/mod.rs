@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cache_bench;
 pub mod compare;
 pub mod dashboard;
+pub mod db;
 pub mod generate;
 pub mod models;
 pub mod pr_comment;

@@ -46,7 +46,7 @@ pub fn run(args: QualifyArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let verdicts = runtime.block_on(async {
-        let store = Store::open(&args.db).await?;
+        let store = Store::connect(&args.db).await?;
         let mut verdicts = Vec::new();
         if let Some(selector) = &args.run {
             let run_id = store.resolve_run(selector).await?;

@@ -54,10 +54,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         println!(
             "run {} {} in {:.0} s ({})",
-            report.run_id,
-            report.status,
-            report.wall_s,
-            args.db.display()
+            report.run_id, report.status, report.wall_s, args.db
         );
         print!(
             "{}",

@@ -19,7 +19,7 @@ pub fn run(command: RunsCommand) -> Result<()> {
     runtime()?.block_on(async {
         match command {
             RunsCommand::List { db, limit, json } => {
-                let store = Store::open(&db).await?;
+                let store = Store::connect(&db).await?;
                 let runs = store.list_runs(limit).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&runs)?);
@@ -43,7 +43,7 @@ pub fn run(command: RunsCommand) -> Result<()> {
                 Ok(())
             }
             RunsCommand::Show { run, db, json } => {
-                let store = Store::open(&db).await?;
+                let store = Store::connect(&db).await?;
                 let id = store.resolve_run(&run).await?;
                 let row = store.run(id).await?.context("run vanished")?;
                 let cases = store.cases(id).await?;
@@ -125,7 +125,7 @@ pub fn run(command: RunsCommand) -> Result<()> {
 /// Runs `showdown rescore`.
 pub fn rescore(args: RescoreArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let store = Store::open(&args.db).await?;
+        let store = Store::connect(&args.db).await?;
         let id = store.resolve_run(&args.run).await?;
         let row = store.run(id).await?.context("run vanished")?;
         let names: Vec<String> = row.suites.iter().map(|s| s.suite.clone()).collect();
@@ -169,7 +169,7 @@ pub fn rescore(args: RescoreArgs) -> Result<()> {
 /// Runs `showdown rerun`.
 pub fn rerun(args: RerunArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let store = Store::open(&args.db).await?;
+        let store = Store::connect(&args.db).await?;
         let id = store.resolve_run(&args.run).await?;
         let row = store.run(id).await?.context("run vanished")?;
         let suites_dir = default_suites_dir();
@@ -210,7 +210,7 @@ pub fn rerun(args: RerunArgs) -> Result<()> {
         };
         drop(store);
         let report = run_eval(&options).await?;
-        let store = Store::open(&args.db).await?;
+        let store = Store::connect(&args.db).await?;
         let again = store.cases(report.run_id).await?;
         let mut differing = Vec::new();
         for new in &again {

@@ -71,10 +71,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .block_on(async {
             // Serving the API must not leave a database file behind: the
             // dashboard is mounted only over one that `showdown run` wrote.
-            if !args.db.is_file() {
+            if !args.db.may_hold_results() {
                 eprintln!(
                     "no results database at {}: serving without the dashboard (--db names one)",
-                    args.db.display()
+                    args.db
                 );
                 return serve(state).await;
             }

@@ -54,7 +54,7 @@ async fn light_cases(store: &Store, run_ids: &[i64]) -> Result<HashMap<i64, Vec<
     let rows = sqlx::query(
         "SELECT id, run_id, suite, case_id, sample, category, must_pass, passed, score, turns,
                 tool_calls, wall_ms, error, scorer_version
-         FROM case_results WHERE run_id >= ? ORDER BY id",
+         FROM case_results WHERE run_id >= $1 ORDER BY id",
     )
     .bind(first)
     .fetch_all(store.pool())
@@ -62,7 +62,7 @@ async fn light_cases(store: &Store, run_ids: &[i64]) -> Result<HashMap<i64, Vec<
     let mut requests: HashMap<i64, Vec<RequestMetrics>> = HashMap::new();
     for r in sqlx::query(
         "SELECT r.* FROM requests r JOIN case_results c ON c.id = r.case_result_id
-         WHERE c.run_id >= ? ORDER BY r.case_result_id, r.position",
+         WHERE c.run_id >= $1 ORDER BY r.case_result_id, r.position",
     )
     .bind(first)
     .fetch_all(store.pool())
@@ -71,17 +71,7 @@ async fn light_cases(store: &Store, run_ids: &[i64]) -> Result<HashMap<i64, Vec<
         requests
             .entry(r.get("case_result_id"))
             .or_default()
-            .push(RequestMetrics {
-                ttft_ms: r.get("ttft_ms"),
-                e2e_ms: r.get("e2e_ms"),
-                input_tokens: r.get::<i64, _>("input_tokens") as u64,
-                cache_read_input_tokens: r.get::<i64, _>("cache_read_input_tokens") as u64,
-                cache_creation_input_tokens: r.get::<i64, _>("cache_creation_input_tokens") as u64,
-                output_tokens: r.get::<i64, _>("output_tokens") as u64,
-                prefill_tok_s: r.get("prefill_tok_s"),
-                decode_tok_s: r.get("decode_tok_s"),
-                stop_reason: r.get("stop_reason"),
-            });
+            .push(crate::store::request_from_row(&r));
     }
     for row in rows {
         let run_id: i64 = row.get("run_id");
@@ -96,8 +86,8 @@ async fn light_cases(store: &Store, run_ids: &[i64]) -> Result<HashMap<i64, Vec<
                 case_id: row.get("case_id"),
                 sample: row.get::<i64, _>("sample") as u32,
                 category: row.get("category"),
-                must_pass: row.get("must_pass"),
-                passed: row.get("passed"),
+                must_pass: crate::store::flag(&row, "must_pass"),
+                passed: crate::store::flag(&row, "passed"),
                 score: row.get("score"),
                 turns: row.get::<i64, _>("turns") as u32,
                 tool_calls: row.get::<i64, _>("tool_calls") as u32,
@@ -263,13 +253,13 @@ pub struct Qualification {
     pub created_at: String,
 }
 
-fn qualification(row: &sqlx::sqlite::SqliteRow) -> Qualification {
+fn qualification(row: &sqlx::any::AnyRow) -> Qualification {
     let gates: String = row.get("gates_json");
     Qualification {
         run_id: row.get("run_id"),
         profile: row.get("profile"),
         model: row.get("model"),
-        qualified: row.get("qualified"),
+        qualified: crate::store::flag(row, "qualified"),
         gates: serde_json::from_str(&gates).unwrap_or(serde_json::Value::String(gates)),
         created_at: row.get("created_at"),
     }
@@ -289,7 +279,7 @@ pub async fn latest_qualifications(store: &Store) -> Result<Vec<Qualification>> 
 
 /// The verdicts recorded against one run.
 pub async fn run_qualifications(store: &Store, run_id: i64) -> Result<Vec<Qualification>> {
-    let rows = sqlx::query("SELECT * FROM qualifications WHERE run_id = ? ORDER BY id")
+    let rows = sqlx::query("SELECT * FROM qualifications WHERE run_id = $1 ORDER BY id")
         .bind(run_id)
         .fetch_all(store.pool())
         .await?;

@@ -83,8 +83,8 @@ pub struct RunOptions {
     pub temperature: Option<f64>,
     /// Label (branch, PR, experiment).
     pub label: Option<String>,
-    /// Database file.
-    pub db: PathBuf,
+    /// The results database.
+    pub db: crate::store::DbLocation,
     /// Key for the target.
     pub api_key: Option<String>,
     /// Git metadata.
@@ -320,7 +320,7 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
     if selected.is_empty() {
         bail!("no case matches the filter");
     }
-    let store = Store::open(&options.db).await?;
+    let store = Store::connect(&options.db).await?;
     let model_store = ModelStore::from_env()?;
     let target = Target::start(&options.target, options.model.as_deref(), &model_store).await?;
     let client =

@@ -1,19 +1,27 @@
-//! The results store: SQLite through sqlx, schema in `migrations/` (embedded
-//! and applied when a store is opened), WAL mode so the dashboard can read
-//! while a run writes.
+//! The results store: a SQLite file (the embedded default, WAL mode so the
+//! dashboard can read while a run writes) or a PostgreSQL server a team
+//! shares, both through sqlx's `Any` driver with one set of queries (`$N`
+//! placeholders, which SQLite reads too). Schema in `migrations/sqlite` and
+//! `migrations/postgres`: the same versions in each database's types,
+//! embedded and applied when a store is opened.
 //!
 //! A run is written as it goes: the run row first (`running`), then each case
 //! result in its own transaction, and `complete` only at the end. Opening a
 //! store marks runs whose process is gone `incomplete`, so an interrupted run
 //! is never shown as complete and its finished cases stay readable.
 //!
-//! A live run holds an advisory lock on `<db>.runs/<id>.lock` (flock on Unix,
-//! LockFileEx on Windows): the OS releases it when the process dies, however
-//! it dies, so a `running` run whose lock is free is over. Pids are recorded
-//! but not trusted (they are reused, and not every OS has `/proc`).
+//! A live run holds an advisory lock the system releases when its process
+//! dies, however it dies, so a `running` run whose lock is free is over: on
+//! SQLite a lock on `<db>.runs/<id>.lock` (flock on Unix, LockFileEx on
+//! Windows), on PostgreSQL a session advisory lock on a connection the run
+//! keeps open (the server drops it with the connection, from any host). Pids
+//! are recorded but not trusted (they are reused, and not every OS has `/proc`).
 //!
 //! An older build opens a database a newer one migrated: migrations it does
 //! not know are ignored (they only ever add), so it can read and append.
+
+mod copy;
+mod location;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,10 +32,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Row};
 
 use crate::report::{GateResult, Verdict};
+
+pub use copy::{copy_history, CopyReport};
+pub use location::DbLocation;
 
 /// The machine a run ran on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -231,6 +242,8 @@ pub struct RunRow {
     pub pr_number: Option<i64>,
     /// Why the run failed.
     pub error: Option<String>,
+    /// The runner's process id on its host (recorded, never trusted).
+    pub pid: i64,
     /// Start time (RFC 3339).
     pub started_at: String,
     /// End time.
@@ -252,21 +265,39 @@ pub struct SuiteRow {
     pub cases: i64,
 }
 
-/// `migrations/*.sql`, embedded in the binary: (version, description, SQL).
-/// The same versions, descriptions and checksums `sqlx::migrate!` would give,
-/// without building sqlx's proc macros (and a second SQLite) for the host.
-const MIGRATIONS: [(i64, &str, &str); 2] = [
-    (1, "runs", include_str!("../../migrations/0001_runs.sql")),
+/// `migrations/sqlite/*.sql`, embedded in the binary: (version, description,
+/// SQL). The same versions, descriptions and checksums `sqlx::migrate!` would
+/// give, without building sqlx's proc macros (and a second SQLite) for the host.
+const SQLITE_MIGRATIONS: [(i64, &str, &str); 2] = [
+    (
+        1,
+        "runs",
+        include_str!("../../migrations/sqlite/0001_runs.sql"),
+    ),
     (
         2,
         "qualifications",
-        include_str!("../../migrations/0002_qualifications.sql"),
+        include_str!("../../migrations/sqlite/0002_qualifications.sql"),
     ),
 ];
 
-/// [`MIGRATIONS`] as a source for sqlx's migrator.
+/// `migrations/postgres/*.sql`: the same history in PostgreSQL's types.
+const POSTGRES_MIGRATIONS: [(i64, &str, &str); 2] = [
+    (
+        1,
+        "runs",
+        include_str!("../../migrations/postgres/0001_runs.sql"),
+    ),
+    (
+        2,
+        "qualifications",
+        include_str!("../../migrations/postgres/0002_qualifications.sql"),
+    ),
+];
+
+/// One backend's migrations as a source for sqlx's migrator.
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
 
 impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(
@@ -275,8 +306,9 @@ impl sqlx::migrate::MigrationSource<'static> for EmbeddedMigrations {
         'static,
         std::result::Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
     > {
-        Box::pin(async {
-            Ok(MIGRATIONS
+        Box::pin(async move {
+            Ok(self
+                .0
                 .iter()
                 .map(|(version, description, sql)| {
                     sqlx::migrate::Migration::new(
@@ -324,32 +356,116 @@ pub struct StoredCase {
 /// The results database.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    /// Where live runs' lock files are: `<db>.runs/`.
-    locks_dir: PathBuf,
+    pool: AnyPool,
+    backend: Backend,
     /// The locks of the runs this process is running, by run id.
-    held: Arc<Mutex<HashMap<i64, File>>>,
+    held: Arc<Mutex<HashMap<i64, RunLock>>>,
+}
+
+/// Which database a store is, with what liveness needs.
+#[derive(Clone, Debug)]
+enum Backend {
+    /// A SQLite file; live runs' lock files are in `<db>.runs/`.
+    Sqlite { locks_dir: PathBuf },
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// What keeps a live run's lock taken.
+enum RunLock {
+    /// The open, locked `<db>.runs/<id>.lock`.
+    File(File),
+    /// The connection holding the run's session advisory lock.
+    Session(AnyConnection),
+}
+
+/// The first key of showdown's PostgreSQL advisory locks ("show"); the second
+/// is the run id. sqlx's migrator locks with one bigint key, a separate space.
+const ADVISORY_LOCK_CLASS: i32 = 0x7368_6f77;
+
+/// The run id as the advisory lock's second key.
+fn advisory_key(id: i64) -> Result<i32> {
+    i32::try_from(id).with_context(|| format!("run id {id} does not fit an advisory lock key"))
+}
+
+/// sqlx's `Any` driver needs its backends installed once per process.
+fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
 }
 
 impl Store {
-    /// Opens (creating it if needed) the database at `path`, applies the
-    /// migrations and marks runs whose process is gone incomplete.
+    /// Opens (creating it if needed) the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening {}", path.display()))?;
-        let mut migrator = sqlx::migrate::Migrator::new(EmbeddedMigrations)
+        Self::connect(&DbLocation::Sqlite(path.to_path_buf())).await
+    }
+
+    /// Opens the database at `location` (creating a SQLite file if needed),
+    /// applies the migrations and marks runs whose process is gone incomplete.
+    pub async fn connect(location: &DbLocation) -> Result<Self> {
+        install_drivers();
+        let (pool, backend, migrations) = match location {
+            DbLocation::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                let url = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .to_url_lossy();
+                let options = AnyConnectOptions::from_url(&url)?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    // What a SQLite URL cannot say: WAL so readers never wait
+                    // on the writer, foreign keys, and a wait for the write lock
+                    // rather than an error when another process holds it.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA busy_timeout = 10000",
+                            ] {
+                                sqlx::Executor::execute(&mut *conn, pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let mut locks_dir = path.as_os_str().to_owned();
+                locks_dir.push(".runs");
+                let backend = Backend::Sqlite {
+                    locks_dir: PathBuf::from(locks_dir),
+                };
+                (pool, backend, &SQLITE_MIGRATIONS)
+            }
+            DbLocation::Postgres(url) => {
+                let options = AnyConnectOptions::from_str(url)
+                    .with_context(|| format!("reading the database URL {location}"))?;
+                // The pool retries until its timeout and then says only that:
+                // one plain connection first says why a server is unreachable
+                // (refused, unknown host, a wrong password, no such database).
+                let probe = tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    AnyConnection::connect_with(&options),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("connecting to {location}: no answer in 20 s"))?
+                .with_context(|| format!("connecting to {location}"))?;
+                let _ = probe.close().await;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(std::time::Duration::from_secs(20))
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("connecting to {location}"))?;
+                (pool, Backend::Postgres, &POSTGRES_MIGRATIONS)
+            }
+        };
+        let mut migrator = sqlx::migrate::Migrator::new(EmbeddedMigrations(migrations))
             .await
             .context("reading the embedded migrations")?;
         // A newer build's migrations are applied but unknown here: an older
@@ -358,26 +474,29 @@ impl Store {
         migrator
             .run(&pool)
             .await
-            .with_context(|| format!("migrating {}", path.display()))?;
-        let mut locks_dir = path.as_os_str().to_owned();
-        locks_dir.push(".runs");
+            .with_context(|| format!("migrating {location}"))?;
         let store = Self {
             pool,
-            locks_dir: PathBuf::from(locks_dir),
+            backend,
             held: Arc::default(),
         };
         store.mark_abandoned_runs().await?;
         Ok(store)
     }
 
-    /// The lock file of run `id`.
-    fn lock_path(&self, id: i64) -> PathBuf {
-        self.locks_dir.join(format!("{id}.lock"))
+    /// Whether this store is a PostgreSQL server.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres)
     }
 
-    /// Whether some process holds run `id`'s lock.
-    fn run_is_held(&self, id: i64) -> Result<bool> {
-        let path = self.lock_path(id);
+    /// The lock file of run `id` (SQLite).
+    fn lock_path(locks_dir: &Path, id: i64) -> PathBuf {
+        locks_dir.join(format!("{id}.lock"))
+    }
+
+    /// Whether some process holds run `id`'s lock file (SQLite).
+    fn lock_file_is_held(locks_dir: &Path, id: i64) -> Result<bool> {
+        let path = Self::lock_path(locks_dir, id);
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -400,35 +519,84 @@ impl Store {
         let mut marked = 0;
         for row in rows {
             let id: i64 = row.get("id");
-            if self.run_is_held(id)? {
-                continue;
-            }
-            // Only a run still `running`: it may have finished since the SELECT.
-            marked += sqlx::query(
-                "UPDATE runs SET status = 'incomplete', finished_at = ?,
-                     error = COALESCE(error, ?) WHERE id = ? AND status = 'running'",
-            )
-            .bind(now())
-            .bind("the run's process ended before it finished")
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            let _ = std::fs::remove_file(self.lock_path(id));
+            marked += match &self.backend {
+                Backend::Sqlite { locks_dir } => {
+                    if Self::lock_file_is_held(locks_dir, id)? {
+                        continue;
+                    }
+                    let marked = self.mark_incomplete(&self.pool, id).await?;
+                    let _ = std::fs::remove_file(Self::lock_path(locks_dir, id));
+                    marked
+                }
+                Backend::Postgres => {
+                    // The transaction-level lock conflicts with the runner's
+                    // session lock on the same keys: taken, the runner is gone,
+                    // and no new holder can appear before the update commits.
+                    let mut tx = self.pool.begin().await?;
+                    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+                        .bind(ADVISORY_LOCK_CLASS)
+                        .bind(advisory_key(id)?)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let marked = if free {
+                        self.mark_incomplete(&mut *tx, id).await?
+                    } else {
+                        0
+                    };
+                    tx.commit().await?;
+                    marked
+                }
+            };
         }
         Ok(marked)
     }
 
+    /// Marks run `id` incomplete if it is still `running` (it may have
+    /// finished since it was listed).
+    async fn mark_incomplete<'e, E>(&self, executor: E, id: i64) -> Result<u64>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        Ok(sqlx::query(
+            "UPDATE runs SET status = 'incomplete', finished_at = $1,
+                 error = COALESCE(error, $2) WHERE id = $3 AND status = 'running'",
+        )
+        .bind(now())
+        .bind("the run's process ended before it finished")
+        .bind(id)
+        .execute(executor)
+        .await?
+        .rows_affected())
+    }
+
     /// Takes the lock of new run `id`, held until [`Store::finish_run`] or
     /// this process's end.
-    fn lock_run(&self, id: i64) -> Result<File> {
-        std::fs::create_dir_all(&self.locks_dir)
-            .with_context(|| format!("creating {}", self.locks_dir.display()))?;
-        let path = self.lock_path(id);
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        file.try_lock()
-            .with_context(|| format!("locking {}", path.display()))?;
-        Ok(file)
+    async fn lock_run(&self, id: i64) -> Result<RunLock> {
+        match &self.backend {
+            Backend::Sqlite { locks_dir } => {
+                std::fs::create_dir_all(locks_dir)
+                    .with_context(|| format!("creating {}", locks_dir.display()))?;
+                let path = Self::lock_path(locks_dir, id);
+                let file =
+                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                file.try_lock()
+                    .with_context(|| format!("locking {}", path.display()))?;
+                Ok(RunLock::File(file))
+            }
+            Backend::Postgres => {
+                // A connection of its own, out of the pool: the pool may close
+                // or recycle its connections, and the lock lives as long as
+                // the connection that took it.
+                let mut conn = self.pool.acquire().await?.detach();
+                let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                    .bind(ADVISORY_LOCK_CLASS)
+                    .bind(advisory_key(id)?)
+                    .fetch_one(&mut conn)
+                    .await?;
+                anyhow::ensure!(taken, "run {id}'s advisory lock is already held");
+                Ok(RunLock::Session(conn))
+            }
+        }
     }
 
     /// Records a new run as `running` and holds its lock; returns its id.
@@ -436,11 +604,13 @@ impl Store {
         // The lock is taken before the row is committed: no other process
         // can see the run without its lock held.
         let mut tx = self.pool.begin().await?;
-        let id = sqlx::query(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (status, label, target, model, model_sha256, engine_version, git_sha,
                  scorer_version, sampling_json, seed, repeat, host_json, host_fingerprint,
                  git_branch, git_commit, pr_number, pid, started_at)
-             VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ('running', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                 $16, $17)
+             RETURNING id",
         )
         .bind(&run.label)
         .bind(&run.target)
@@ -459,10 +629,9 @@ impl Store {
         .bind(run.pr_number.map(|n| n as i64))
         .bind(std::process::id() as i64)
         .bind(now())
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
-        let lock = self.lock_run(id)?;
+        .fetch_one(&mut *tx)
+        .await?;
+        let lock = self.lock_run(id).await?;
         tx.commit().await?;
         self.held
             .lock()
@@ -481,7 +650,7 @@ impl Store {
         cases: usize,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO run_suites (run_id, suite, suite_version, suite_hash, cases) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO run_suites (run_id, suite, suite_version, suite_hash, cases) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(run_id)
         .bind(suite)
@@ -496,10 +665,11 @@ impl Store {
     /// Stores one case result, its checks and its requests, atomically.
     pub async fn record_case(&self, run_id: i64, case: &CaseRecord) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        let id = sqlx::query(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO case_results (run_id, suite, case_id, sample, category, must_pass, passed,
                  score, turns, tool_calls, wall_ms, error, scorer_version, transcript_json, finished_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             RETURNING id",
         )
         .bind(run_id)
         .bind(&case.suite)
@@ -516,16 +686,15 @@ impl Store {
         .bind(&case.scorer_version)
         .bind(case.transcript.to_string())
         .bind(now())
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&mut *tx)
+        .await?;
         insert_checks(&mut tx, id, &case.checks).await?;
         for (position, r) in case.requests.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO requests (case_result_id, position, ttft_ms, e2e_ms, input_tokens,
                      cache_read_input_tokens, cache_creation_input_tokens, output_tokens,
                      prefill_tok_s, decode_tok_s, stop_reason)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(id)
             .bind(position as i64)
@@ -556,7 +725,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE case_results SET passed = ?, score = ?, scorer_version = ? WHERE id = ?",
+            "UPDATE case_results SET passed = $1, score = $2, scorer_version = $3 WHERE id = $4",
         )
         .bind(passed)
         .bind(score)
@@ -564,7 +733,7 @@ impl Store {
         .bind(case_result_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM check_results WHERE case_result_id = ?")
+        sqlx::query("DELETE FROM check_results WHERE case_result_id = $1")
             .bind(case_result_id)
             .execute(&mut *tx)
             .await?;
@@ -582,8 +751,8 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE runs SET status = ?, finished_at = ?, error = COALESCE(?, error),
-                 peak_memory_bytes = COALESCE(?, peak_memory_bytes) WHERE id = ?",
+            "UPDATE runs SET status = $1, finished_at = $2, error = COALESCE($3, error),
+                 peak_memory_bytes = COALESCE($4, peak_memory_bytes) WHERE id = $5",
         )
         .bind(status)
         .bind(now())
@@ -598,15 +767,24 @@ impl Store {
             .lock()
             .map_err(|_| anyhow::anyhow!("the run-lock table was poisoned"))?
             .remove(&run_id);
-        if held.is_some() {
-            let _ = std::fs::remove_file(self.lock_path(run_id));
+        match (held, &self.backend) {
+            (Some(RunLock::File(file)), Backend::Sqlite { locks_dir }) => {
+                // Removed while still locked: no reader sees the file free.
+                let _ = std::fs::remove_file(Self::lock_path(locks_dir, run_id));
+                drop(file);
+            }
+            // Closing the connection releases its session lock.
+            (Some(RunLock::Session(conn)), _) => {
+                let _ = conn.close().await;
+            }
+            _ => {}
         }
         Ok(())
     }
 
     /// Runs, newest first.
     pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT ?")
+        let rows = sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT $1")
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
@@ -615,7 +793,7 @@ impl Store {
 
     /// One run.
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
-        let row = sqlx::query("SELECT * FROM runs WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -628,10 +806,9 @@ impl Store {
     /// The newest run, optionally with `label`, and optionally complete only.
     pub async fn latest_run(&self, label: Option<&str>) -> Result<Option<i64>> {
         let row = sqlx::query(
-            "SELECT id FROM runs WHERE status = 'complete' AND (? IS NULL OR label = ?)
+            "SELECT id FROM runs WHERE status = 'complete' AND ($1 IS NULL OR label = $1)
              ORDER BY id DESC LIMIT 1",
         )
-        .bind(label)
         .bind(label)
         .fetch_optional(&self.pool)
         .await?;
@@ -641,7 +818,7 @@ impl Store {
     /// Complete runs of `model` through `target`, newest first.
     pub async fn complete_runs_of(&self, model: &str, target: &str) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM runs WHERE status = 'complete' AND model = ? AND target = ?
+            "SELECT * FROM runs WHERE status = 'complete' AND model = $1 AND target = $2
              ORDER BY id DESC",
         )
         .bind(model)
@@ -658,9 +835,10 @@ impl Store {
             .iter()
             .max()
             .context("a verdict with no run cannot be stored")?;
-        let id = sqlx::query(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO qualifications (run_id, profile, model, qualified, gates_json, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING id",
         )
         .bind(run_id)
         .bind(&verdict.profile)
@@ -668,9 +846,8 @@ impl Store {
         .bind(verdict.qualified)
         .bind(serde_json::to_string(&verdict.gates)?)
         .bind(now())
-        .execute(&self.pool)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&self.pool)
+        .await?;
         Ok(id)
     }
 
@@ -690,7 +867,7 @@ impl Store {
                 run_id: row.get("run_id"),
                 profile: row.get("profile"),
                 model: row.get("model"),
-                qualified: row.get("qualified"),
+                qualified: flag(&row, "qualified"),
                 gates: serde_json::from_str(&row.get::<String, _>("gates_json"))
                     .unwrap_or_default(),
                 created_at: row.get("created_at"),
@@ -722,7 +899,7 @@ impl Store {
 
     /// Every case result of a run, in the order stored, with checks and requests.
     pub async fn cases(&self, run_id: i64) -> Result<Vec<StoredCase>> {
-        let rows = sqlx::query("SELECT * FROM case_results WHERE run_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT * FROM case_results WHERE run_id = $1 ORDER BY id")
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
@@ -730,7 +907,7 @@ impl Store {
         for row in rows {
             let id: i64 = row.get("id");
             let checks = sqlx::query(
-                "SELECT * FROM check_results WHERE case_result_id = ? ORDER BY position",
+                "SELECT * FROM check_results WHERE case_result_id = $1 ORDER BY position",
             )
             .bind(id)
             .fetch_all(&self.pool)
@@ -738,29 +915,18 @@ impl Store {
             .into_iter()
             .map(|c| CheckRecord {
                 kind: c.get("kind"),
-                passed: c.get("passed"),
+                passed: flag(&c, "passed"),
                 score: c.get("score"),
                 detail: parse_json(c.get("detail_json")),
             })
             .collect();
             let requests =
-                sqlx::query("SELECT * FROM requests WHERE case_result_id = ? ORDER BY position")
+                sqlx::query("SELECT * FROM requests WHERE case_result_id = $1 ORDER BY position")
                     .bind(id)
                     .fetch_all(&self.pool)
                     .await?
-                    .into_iter()
-                    .map(|r| RequestMetrics {
-                        ttft_ms: r.get("ttft_ms"),
-                        e2e_ms: r.get("e2e_ms"),
-                        input_tokens: r.get::<i64, _>("input_tokens") as u64,
-                        cache_read_input_tokens: r.get::<i64, _>("cache_read_input_tokens") as u64,
-                        cache_creation_input_tokens: r.get::<i64, _>("cache_creation_input_tokens")
-                            as u64,
-                        output_tokens: r.get::<i64, _>("output_tokens") as u64,
-                        prefill_tok_s: r.get("prefill_tok_s"),
-                        decode_tok_s: r.get("decode_tok_s"),
-                        stop_reason: r.get("stop_reason"),
-                    })
+                    .iter()
+                    .map(request_from_row)
                     .collect();
             cases.push(StoredCase {
                 id,
@@ -769,8 +935,8 @@ impl Store {
                     case_id: row.get("case_id"),
                     sample: row.get::<i64, _>("sample") as u32,
                     category: row.get("category"),
-                    must_pass: row.get("must_pass"),
-                    passed: row.get("passed"),
+                    must_pass: flag(&row, "must_pass"),
+                    passed: flag(&row, "passed"),
                     score: row.get("score"),
                     turns: row.get::<i64, _>("turns") as u32,
                     tool_calls: row.get::<i64, _>("tool_calls") as u32,
@@ -787,11 +953,11 @@ impl Store {
     }
 
     /// The underlying pool (for read-only queries elsewhere, e.g. the dashboard).
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    async fn runs_from_rows(&self, rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<RunRow>> {
+    async fn runs_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<RunRow>> {
         let mut runs = Vec::with_capacity(rows.len());
         for row in rows {
             runs.push(self.run_from_row(row).await?);
@@ -799,9 +965,9 @@ impl Store {
         Ok(runs)
     }
 
-    async fn run_from_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
+    async fn run_from_row(&self, row: &AnyRow) -> Result<RunRow> {
         let id: i64 = row.get("id");
-        let suites = sqlx::query("SELECT * FROM run_suites WHERE run_id = ? ORDER BY suite")
+        let suites = sqlx::query("SELECT * FROM run_suites WHERE run_id = $1 ORDER BY suite")
             .bind(id)
             .fetch_all(&self.pool)
             .await?
@@ -833,6 +999,7 @@ impl Store {
             git_commit: row.get("git_commit"),
             pr_number: row.get("pr_number"),
             error: row.get("error"),
+            pid: row.get("pid"),
             started_at: row.get("started_at"),
             finished_at: row.get("finished_at"),
             suites,
@@ -841,14 +1008,14 @@ impl Store {
 }
 
 async fn insert_checks(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     case_result_id: i64,
     checks: &[CheckRecord],
 ) -> Result<()> {
     for (position, check) in checks.iter().enumerate() {
         sqlx::query(
             "INSERT INTO check_results (case_result_id, position, kind, passed, score, detail_json)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(case_result_id)
         .bind(position as i64)
@@ -860,6 +1027,28 @@ async fn insert_checks(
         .await?;
     }
     Ok(())
+}
+
+/// A flag column: BOOLEAN on PostgreSQL, 0/1 INTEGER on SQLite.
+pub(crate) fn flag(row: &AnyRow, column: &str) -> bool {
+    row.try_get::<bool, _>(column)
+        .or_else(|_| row.try_get::<i64, _>(column).map(|v| v != 0))
+        .unwrap_or_else(|e| panic!("column {column} is not a flag: {e}"))
+}
+
+/// A request's figures from a `requests` row.
+pub(crate) fn request_from_row(r: &AnyRow) -> RequestMetrics {
+    RequestMetrics {
+        ttft_ms: r.get("ttft_ms"),
+        e2e_ms: r.get("e2e_ms"),
+        input_tokens: r.get::<i64, _>("input_tokens") as u64,
+        cache_read_input_tokens: r.get::<i64, _>("cache_read_input_tokens") as u64,
+        cache_creation_input_tokens: r.get::<i64, _>("cache_creation_input_tokens") as u64,
+        output_tokens: r.get::<i64, _>("output_tokens") as u64,
+        prefill_tok_s: r.get("prefill_tok_s"),
+        decode_tok_s: r.get("decode_tok_s"),
+        stop_reason: r.get("stop_reason"),
+    }
 }
 
 fn parse_json(text: String) -> Value {
@@ -875,10 +1064,10 @@ pub fn now() -> String {
 mod tests {
     use super::*;
 
-    /// A new file in `migrations/` must be listed in [`MIGRATIONS`] too.
-    #[test]
-    fn every_migration_file_is_embedded() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    fn migration_files(backend: &str) -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
         let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|entry| entry.unwrap().path())
@@ -889,12 +1078,30 @@ mod tests {
             })
             .collect();
         files.sort();
-        let embedded: Vec<(String, String)> = MIGRATIONS
+        files
+    }
+
+    fn embedded(migrations: &[(i64, &str, &str)]) -> Vec<(String, String)> {
+        migrations
             .iter()
             .map(|(version, description, sql)| {
                 (format!("{version:04}_{description}.sql"), sql.to_string())
             })
-            .collect();
-        assert_eq!(files, embedded);
+            .collect()
+    }
+
+    /// A new file in `migrations/sqlite` or `migrations/postgres` must be
+    /// embedded too, and both databases must have the same history.
+    #[test]
+    fn every_migration_file_is_embedded_for_both_databases() {
+        assert_eq!(migration_files("sqlite"), embedded(&SQLITE_MIGRATIONS));
+        assert_eq!(migration_files("postgres"), embedded(&POSTGRES_MIGRATIONS));
+        let names = |files: Vec<(String, String)>| -> Vec<String> {
+            files.into_iter().map(|(name, _)| name).collect()
+        };
+        assert_eq!(
+            names(migration_files("sqlite")),
+            names(migration_files("postgres"))
+        );
     }
 }
