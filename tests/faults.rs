@@ -688,6 +688,15 @@ async fn run_against(behaviour: Behaviour, extra: &[&str]) -> Vec<Option<String>
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["status"], "complete");
     assert_eq!(target.accepted(), 3, "one request per case");
+    // No terminal here, as in a CI log: a line per finished case.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (i, line) in lines.iter().enumerate() {
+        let head = format!("[{}/3] faults/case-{i} error in ", i + 1);
+        assert!(line.starts_with(&head), "{line}");
+        assert!(line.ends_with(&format!(" s, {} left", 2 - i)), "{line}");
+    }
     let store = assert_consistent(&db).await;
     let id = report["run_id"].as_i64().unwrap();
     store

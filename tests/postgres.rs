@@ -88,6 +88,11 @@ async fn concurrent_writers(dir: &Path, db: &DbLocation, writers: usize, n: usiz
     for (w, (out, target)) in outputs.iter().zip(&targets).enumerate() {
         let report = report(out);
         assert_eq!(report["status"], "complete");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('[')).collect();
+        assert_eq!(lines.len(), n, "a line per finished case: {stderr}");
+        assert!(lines[0].starts_with(&format!("[1/{n}] writers/case-00 pass in ")));
+        assert!(lines[n - 1].ends_with(" s, 0 left"), "{}", lines[n - 1]);
         assert_eq!(target.accepted(), n, "one request per case");
         let id = report["run_id"].as_i64().unwrap();
         let run = store.run(id).await.unwrap().unwrap();

@@ -173,7 +173,7 @@ async fn qualify_model(
                 None => None,
             },
             git: args.git.meta(),
-            progress: !args.json,
+            progress: true,
             timeouts: args.timeouts.timeouts(),
         })
         .await?;

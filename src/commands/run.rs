@@ -42,7 +42,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         db: args.db.clone(),
         api_key,
         git: args.git.meta(),
-        progress: !args.json,
+        progress: true,
         timeouts: args.timeouts.timeouts(),
     };
     let report = tokio::runtime::Builder::new_multi_thread()

@@ -89,7 +89,8 @@ pub struct RunOptions {
     pub api_key: Option<String>,
     /// Git metadata.
     pub git: GitMeta,
-    /// Show a progress bar.
+    /// Report progress on stderr: a bar on a terminal, otherwise (a CI log)
+    /// a line per finished case.
     pub progress: bool,
     /// How long each request may wait to connect, for its first event, and
     /// between events.
@@ -352,11 +353,16 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
         .iter()
         .map(|(_, c)| c.len() as u64 * options.repeat as u64)
         .sum();
-    let bar = if options.progress {
+    // A bar for a person at a terminal; in a log (no TTY) a bar draws
+    // nothing, so a line per finished case says where a long run is.
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let case_lines = options.progress && !on_terminal;
+    let bar = if options.progress && on_terminal {
         indicatif::ProgressBar::new(total)
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let mut done = 0u64;
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
@@ -379,6 +385,11 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
                     .await?;
                     store.record_case(run_id, &record).await?;
                     bar.inc(1);
+                    done += 1;
+                    if case_lines {
+                        let sample = (options.repeat > 1).then_some(sample);
+                        eprintln!("{}", case_line(done, total, &record, sample));
+                    }
                 }
             }
         }
@@ -414,4 +425,22 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
         peak_memory_bytes: peak,
         wall_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One finished case as a log line: `[3/75] summarize/readme pass in 4.2 s, 72 left`
+/// (`#N` after the case when samples repeat).
+pub fn case_line(done: u64, total: u64, record: &CaseRecord, sample: Option<u32>) -> String {
+    let verdict = match (&record.error, record.passed) {
+        (Some(_), _) => "error",
+        (None, true) => "pass",
+        (None, false) => "fail",
+    };
+    let sample = sample.map(|n| format!("#{n}")).unwrap_or_default();
+    format!(
+        "[{done}/{total}] {}/{}{sample} {verdict} in {:.1} s, {} left",
+        record.suite,
+        record.case_id,
+        record.wall_ms / 1000.0,
+        total.saturating_sub(done)
+    )
 }
