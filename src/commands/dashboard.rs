@@ -4,10 +4,9 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use showdown::DbLocation;
 use showdown::{
     dashboard_standalone_router, default_suites_dir, CompareConfig, DashboardConfig,
-    DashboardState, ModelStore, Store,
+    DashboardState, DbLocation, ModelStore, Store,
 };
 
 use crate::cli::DashboardArgs;
