@@ -155,6 +155,11 @@ pub struct RunArgs {
     /// Samples per case (pass@k and pass^k in the summary).
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
+    /// Cases in flight at once, for a target that serves many requests at
+    /// once (vLLM, SGLang, a cloud API). Scores do not change; latency is
+    /// then taken under load, and the run records and shows it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
     /// Seed recorded with the run.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -186,6 +186,7 @@ pub(crate) async fn store_run(store: &Store, pins: &Pins, label: &str, specs: &[
         sampling: json!({"temperature": 0.0}),
         seed: 0,
         repeat: 1,
+        concurrency: 1,
         host: HostInfo {
             cpu_model: pins.cpu.to_string(),
             cores: 8,
@@ -668,6 +669,7 @@ fn confirm_reruns_base_and_head_interleaved_on_the_real_engine() {
                 sampling: json!({}),
                 seed: 0,
                 repeat: 1,
+                concurrency: 1,
                 host: HostInfo::detect(),
                 git_branch: None,
                 git_commit: None,

@@ -1,4 +1,5 @@
 mod compare;
+mod concurrency;
 mod dashboard;
 mod engine;
 mod faults;

@@ -26,6 +26,7 @@ pub(crate) fn new_run(label: &str) -> NewRun {
         sampling: json!({"temperature": 0.0}),
         seed: 0,
         repeat: 1,
+        concurrency: 1,
         host: HostInfo {
             cpu_model: "test cpu".into(),
             cores: 2,

@@ -133,6 +133,13 @@ async fn rerun(
             &run.seed.to_string(),
         ])
         .args(["--label", &format!("confirm:{}", run.id)])
+        // Named only when it matters: the base build may predate the flag.
+        .args(
+            (run.concurrency > 1)
+                .then(|| ["--concurrency".to_string(), run.concurrency.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .arg("--db")
         .arg(db.as_arg());
     for suite in suites {

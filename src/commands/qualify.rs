@@ -52,6 +52,13 @@ pub fn run(args: QualifyArgs) -> Result<()> {
             let run_id = store.resolve_run(selector).await?;
             let run = store.run(run_id).await?.context("the run vanished")?;
             let cases = store.cases(run_id).await?;
+            if run.concurrency > 1 {
+                eprintln!(
+                    "qualify: run {run_id} took its latency with {} cases in flight at once; \
+                     the latency gates' limits are for one request at a time",
+                    run.concurrency
+                );
+            }
             let all: Vec<&Suite> = suites.iter().map(|(_, suite)| suite).collect();
             let evidence = evidence_from(&run, &cases, &all);
             verdicts.push(evaluate_qualification(
@@ -129,7 +136,10 @@ async fn qualify_model(
             .await?
             .into_iter()
             .filter(|r| {
+                // Latency taken with cases in flight at once says nothing
+                // about the gates' one-request limits.
                 r.host_fingerprint == host
+                    && r.concurrency == 1
                     && r.scorer_version == SCORER_VERSION.to_string()
                     && r.model_sha256 == pinned_sha
             })
@@ -162,6 +172,8 @@ async fn qualify_model(
             suites_dir: default_suites_dir(),
             case_filter: None,
             repeat: 1,
+            // The gates' latency limits are one request at a time.
+            concurrency: 1,
             seed: args.seed,
             temperature: None,
             label: args.label.clone(),
@@ -184,7 +196,7 @@ async fn qualify_model(
             );
             print!(
                 "{}",
-                render_table(&report.summaries, report.peak_memory_bytes)
+                render_table(&report.summaries, report.peak_memory_bytes, 1)
             );
             println!();
         }

@@ -36,6 +36,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         suites_dir: default_suites_dir(),
         case_filter: args.case_filter,
         repeat: args.repeat,
+        concurrency: args.concurrency,
         seed: args.seed,
         temperature: args.temperature,
         label: args.label,
@@ -58,7 +59,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
         print!(
             "{}",
-            render_table(&report.summaries, report.peak_memory_bytes)
+            render_table(
+                &report.summaries,
+                report.peak_memory_bytes,
+                report.concurrency
+            )
         );
     }
     if report.status != "complete" {

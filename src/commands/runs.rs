@@ -88,7 +88,11 @@ pub fn run(command: RunsCommand) -> Result<()> {
                 println!();
                 print!(
                     "{}",
-                    render_table(&summarize(&cases), row.peak_memory_bytes.map(|b| b as u64))
+                    render_table(
+                        &summarize(&cases),
+                        row.peak_memory_bytes.map(|b| b as u64),
+                        row.concurrency as u32,
+                    )
                 );
                 println!();
                 for case in &cases {
@@ -199,6 +203,7 @@ pub fn rerun(args: RerunArgs) -> Result<()> {
             suites_dir,
             case_filter: None,
             repeat: row.repeat as u32,
+            concurrency: row.concurrency as u32,
             seed: row.seed as u64,
             temperature: row.sampling["temperature"].as_f64(),
             label: Some(format!("rerun-of-{id}")),

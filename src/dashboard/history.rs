@@ -133,6 +133,8 @@ pub struct SuitePoint {
     pub git_commit: Option<String>,
     /// Peak engine memory of the run.
     pub peak_memory_bytes: Option<i64>,
+    /// Cases in flight at once when its latency was taken.
+    pub concurrency: i64,
     /// The suite's figures in this run.
     pub summary: SuiteSummary,
     /// Against the previous comparable run with the same label, if any.
@@ -213,6 +215,7 @@ pub fn suite_series(
             target: run.target.clone(),
             git_commit: run.git_commit.clone(),
             peak_memory_bytes: run.peak_memory_bytes,
+            concurrency: run.concurrency,
             summary,
             comparison,
         });

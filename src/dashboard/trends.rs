@@ -247,6 +247,9 @@ fn context(p: &SuitePoint) -> String {
     if let Some(commit) = &p.git_commit {
         parts.push(commit.chars().take(8).collect());
     }
+    if p.concurrency > 1 {
+        parts.push(format!("concurrency {}", p.concurrency));
+    }
     parts.join(" · ")
 }
 

@@ -90,6 +90,8 @@ pub struct RunIdentity {
     pub model_sha256: Option<String>,
     /// Host fingerprint.
     pub host_fingerprint: String,
+    /// Cases in flight at once when its latency was taken.
+    pub concurrency: i64,
     /// Commit under test.
     pub git_commit: Option<String>,
     /// Start time.
@@ -105,6 +107,7 @@ impl From<&RunRow> for RunIdentity {
             model: run.model.clone(),
             model_sha256: run.model_sha256.clone(),
             host_fingerprint: run.host_fingerprint.clone(),
+            concurrency: run.concurrency,
             git_commit: run.git_commit.clone(),
             started_at: run.started_at.clone(),
         }
@@ -319,6 +322,12 @@ pub fn comparability(base: &RunRow, head: &RunRow) -> Vec<String> {
             "model sha256 differs: {} (base) vs {} (head)",
             short(base.model_sha256.as_deref()),
             short(head.model_sha256.as_deref())
+        ));
+    }
+    if base.concurrency != head.concurrency {
+        reasons.push(format!(
+            "latency was taken with {} case(s) in flight (base) vs {} (head)",
+            base.concurrency, head.concurrency
         ));
     }
     if base.host_fingerprint != head.host_fingerprint {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -77,6 +78,10 @@ pub struct RunOptions {
     pub case_filter: Option<String>,
     /// Samples per case.
     pub repeat: u32,
+    /// Cases in flight at once (1: one after another). For targets that
+    /// serve many requests at once; latency is then taken under load and the
+    /// run says so.
+    pub concurrency: u32,
     /// Seed recorded with the run (and sent where the target samples).
     pub seed: u64,
     /// Overrides every case's temperature.
@@ -108,6 +113,8 @@ pub struct RunReport {
     pub summaries: Vec<SuiteSummary>,
     /// Peak engine memory (builtin targets).
     pub peak_memory_bytes: Option<u64>,
+    /// Cases that were in flight at once (latency was taken under it).
+    pub concurrency: u32,
     /// Wall time of the run.
     pub wall_s: f64,
 }
@@ -300,6 +307,9 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
     if options.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
+    if options.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
     let suites = load_named_suites(&options.suites, &options.suites_dir)?;
     let selected: Vec<(&Suite, Vec<&Case>)> = suites
         .iter()
@@ -338,6 +348,7 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
             sampling: json!({"temperature": options.temperature, "per_case_defaults": true}),
             seed: options.seed,
             repeat: options.repeat,
+            concurrency: options.concurrency,
             host: HostInfo::detect(),
             git_branch: options.git.branch.clone(),
             git_commit: options.git.commit.clone(),
@@ -362,35 +373,46 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut done = 0u64;
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Every sample of every case, in suite order; at most `concurrency` of
+    // them in flight. Each is recorded as soon as it is scored, so a run
+    // stopped halfway keeps what finished, in whatever order it finished.
+    let jobs = selected.iter().flat_map(|(suite, cases)| {
+        cases
+            .iter()
+            .flat_map(move |case| (0..options.repeat).map(move |sample| (*suite, *case, sample)))
+    });
+    let (client, target, store) = (&client, &target, &store);
+    let mut finished = futures_util::stream::iter(jobs)
+        .map(|(suite, case, sample)| async move {
+            let record = run_case(
+                client,
+                &target.model,
+                suite,
+                case,
+                sample,
+                options.temperature,
+            )
+            .await?;
+            store.record_case(run_id, &record).await?;
+            anyhow::Ok((record, sample))
+        })
+        .buffer_unordered(options.concurrency as usize);
     let work = async {
-        for (suite, cases) in &selected {
-            for case in cases {
-                for sample in 0..options.repeat {
-                    bar.set_message(format!("{}/{}", suite.name, case.id));
-                    let record = run_case(
-                        &client,
-                        &target.model,
-                        suite,
-                        case,
-                        sample,
-                        options.temperature,
-                    )
-                    .await?;
-                    store.record_case(run_id, &record).await?;
-                    bar.inc(1);
-                    done += 1;
-                    if case_lines {
-                        let sample = (options.repeat > 1).then_some(sample);
-                        eprintln!("{}", case_line(done, total, &record, sample));
-                    }
-                }
+        let mut done = 0u64;
+        while let Some(result) = finished.next().await {
+            let (record, sample) = result?;
+            bar.set_message(format!("{}/{}", record.suite, record.case_id));
+            bar.inc(1);
+            done += 1;
+            if case_lines {
+                let sample = (options.repeat > 1).then_some(sample);
+                eprintln!("{}", case_line(done, total, &record, sample));
             }
         }
         anyhow::Ok(())
@@ -423,6 +445,7 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
         status: status.to_string(),
         summaries: summarize(&cases),
         peak_memory_bytes: peak,
+        concurrency: options.concurrency,
         wall_s: started.elapsed().as_secs_f64(),
     })
 }

@@ -136,11 +136,21 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     Some(sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64))
 }
 
-/// The summary table, as `showdown run` prints it.
-pub fn render_table(summaries: &[SuiteSummary], peak_memory_bytes: Option<u64>) -> String {
+/// The summary table, as `showdown run` prints it. Latency taken with
+/// several cases in flight (`concurrency` > 1) says so in its headers: it
+/// includes the target's queueing and is not a one-request figure.
+pub fn render_table(
+    summaries: &[SuiteSummary],
+    peak_memory_bytes: Option<u64>,
+    concurrency: u32,
+) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    let under = match concurrency {
+        0 | 1 => String::new(),
+        n => format!(" at concurrency {n}"),
+    };
     let mut out = String::new();
-    out.push_str("| suite | pass | pass rate | mean score | TTFT p50/p95 ms | e2e p50/p95 ms | decode tok/s | cache hit | peak mem |\n");
+    out.push_str(&format!("| suite | pass | pass rate | mean score | TTFT p50/p95 ms{under} | e2e p50/p95 ms{under} | decode tok/s{under} | cache hit | peak mem |\n"));
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for s in summaries {
         out.push_str(&format!(
@@ -158,6 +168,11 @@ pub fn render_table(summaries: &[SuiteSummary], peak_memory_bytes: Option<u64>) 
             s.cache_hit_ratio
                 .map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
             peak_memory_bytes.map_or("-".into(), crate::mib),
+        ));
+    }
+    if concurrency > 1 {
+        out.push_str(&format!(
+            "latency taken with {concurrency} cases in flight at once: it includes the target's queueing\n"
         ));
     }
     for s in summaries.iter().filter(|s| s.k > 1) {

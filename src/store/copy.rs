@@ -53,6 +53,7 @@ const RUNS: Table = Table {
         ("sampling_json", Text),
         ("seed", Int),
         ("repeat", Int),
+        ("concurrency", Int),
         ("host_json", Text),
         ("host_fingerprint", Text),
         ("peak_memory_bytes", Int),
@@ -404,7 +405,7 @@ mod tests {
             "INSERT INTO run_suites (run_id, suite, suite_version, suite_hash, cases) \
              VALUES ($1, $2, $3, $4, $5)"
         );
-        assert!(insert_sql(&RUNS, true).ends_with("$21) RETURNING id"));
+        assert!(insert_sql(&RUNS, true).ends_with("$22) RETURNING id"));
     }
 
     #[test]

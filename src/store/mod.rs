@@ -120,6 +120,8 @@ pub struct NewRun {
     pub seed: u64,
     /// Samples per case.
     pub repeat: u32,
+    /// Cases in flight at once (1: one after another).
+    pub concurrency: u32,
     /// The machine.
     pub host: HostInfo,
     /// Git branch under test (CI).
@@ -228,6 +230,9 @@ pub struct RunRow {
     pub seed: i64,
     /// Samples per case.
     pub repeat: i64,
+    /// Cases that were in flight at once: its latency figures were taken
+    /// under this concurrency.
+    pub concurrency: i64,
     /// Host.
     pub host: Value,
     /// Host fingerprint.
@@ -268,7 +273,7 @@ pub struct SuiteRow {
 /// `migrations/sqlite/*.sql`, embedded in the binary: (version, description,
 /// SQL). The same versions, descriptions and checksums `sqlx::migrate!` would
 /// give, without building sqlx's proc macros (and a second SQLite) for the host.
-const SQLITE_MIGRATIONS: [(i64, &str, &str); 2] = [
+const SQLITE_MIGRATIONS: [(i64, &str, &str); 3] = [
     (
         1,
         "runs",
@@ -279,10 +284,15 @@ const SQLITE_MIGRATIONS: [(i64, &str, &str); 2] = [
         "qualifications",
         include_str!("../../migrations/sqlite/0002_qualifications.sql"),
     ),
+    (
+        3,
+        "run concurrency",
+        include_str!("../../migrations/sqlite/0003_run_concurrency.sql"),
+    ),
 ];
 
 /// `migrations/postgres/*.sql`: the same history in PostgreSQL's types.
-const POSTGRES_MIGRATIONS: [(i64, &str, &str); 2] = [
+const POSTGRES_MIGRATIONS: [(i64, &str, &str); 3] = [
     (
         1,
         "runs",
@@ -292,6 +302,11 @@ const POSTGRES_MIGRATIONS: [(i64, &str, &str); 2] = [
         2,
         "qualifications",
         include_str!("../../migrations/postgres/0002_qualifications.sql"),
+    ),
+    (
+        3,
+        "run concurrency",
+        include_str!("../../migrations/postgres/0003_run_concurrency.sql"),
     ),
 ];
 
@@ -606,10 +621,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (status, label, target, model, model_sha256, engine_version, git_sha,
-                 scorer_version, sampling_json, seed, repeat, host_json, host_fingerprint,
-                 git_branch, git_commit, pr_number, pid, started_at)
+                 scorer_version, sampling_json, seed, repeat, concurrency, host_json,
+                 host_fingerprint, git_branch, git_commit, pr_number, pid, started_at)
              VALUES ('running', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                 $16, $17)
+                 $16, $17, $18)
              RETURNING id",
         )
         .bind(&run.label)
@@ -622,6 +637,7 @@ impl Store {
         .bind(run.sampling.to_string())
         .bind(run.seed as i64)
         .bind(run.repeat as i64)
+        .bind(run.concurrency.max(1) as i64)
         .bind(serde_json::to_string(&run.host)?)
         .bind(run.host.fingerprint())
         .bind(&run.git_branch)
@@ -992,6 +1008,7 @@ impl Store {
             sampling: parse_json(row.get("sampling_json")),
             seed: row.get("seed"),
             repeat: row.get("repeat"),
+            concurrency: row.get("concurrency"),
             host: parse_json(row.get("host_json")),
             host_fingerprint: row.get("host_fingerprint"),
             peak_memory_bytes: row.get("peak_memory_bytes"),
@@ -1085,7 +1102,9 @@ mod tests {
         migrations
             .iter()
             .map(|(version, description, sql)| {
-                (format!("{version:04}_{description}.sql"), sql.to_string())
+                // sqlx names a migration by its file name, `_` read as a space.
+                let name = description.replace(' ', "_");
+                (format!("{version:04}_{name}.sql"), sql.to_string())
             })
             .collect()
     }
