@@ -59,7 +59,7 @@ pub async fn run_cache_bench(
     let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(serve_on(listener, state));
     let client = reqwest::Client::new();
-    let sandbox = Sandbox::new(bench_fixture()).context("the benchmark's fixture repository")?;
+    let sandbox = Sandbox::new(bench_fixture()?).context("the benchmark's fixture repository")?;
     let mut messages: Vec<Value> = vec![json!({"role": "user", "content": FIRST_QUESTION})];
     let mut rows = Vec::new();
     for turn in 1..=turns {
@@ -187,8 +187,8 @@ fn agent_system_prompt() -> String {
 const FIRST_QUESTION: &str = "What's this project about? Answer in 100 words or less.";
 
 /// The fixture the agent explores: a small Go web service.
-fn bench_fixture() -> std::path::PathBuf {
-    crate::runner::default_suites_dir().join("../fixtures/repos/linkshrink")
+fn bench_fixture() -> anyhow::Result<std::path::PathBuf> {
+    Ok(crate::assets::suites_dir()?.join("../fixtures/repos/linkshrink"))
 }
 
 /// The agent's tool calls, in order, each reading a little as a coding agent

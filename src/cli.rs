@@ -15,6 +15,20 @@ pub struct Cli {
     /// (llama.cpp's default; half the memory) or f32.
     #[arg(long, global = true, env = "SHOWDOWN_KV_CACHE")]
     pub kv_cache: Option<showdown_engine::KvCacheType>,
+    /// Suites to use instead of the built-in ones: a directory of suite
+    /// files (`NAME.toml`, `qualification.toml`, `compare.toml`), with the
+    /// fixtures they name under `DIR/../fixtures`, as in the repository.
+    #[arg(long, global = true, env = "SHOWDOWN_SUITES_DIR", value_name = "DIR")]
+    pub suites_dir: Option<std::path::PathBuf>,
+    /// Templates that replace the built-in ones of the same path
+    /// (`compare.md.j2`, `pr-comment.md.j2`, `dashboard/run.html.j2`, …).
+    #[arg(
+        long,
+        global = true,
+        env = "SHOWDOWN_TEMPLATES_DIR",
+        value_name = "DIR"
+    )]
+    pub templates_dir: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -141,8 +155,8 @@ pub struct CompareArgs {
 /// `showdown run …`
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Suites by name (evals/NAME.toml) or path (repeatable; default: summarize,
-    /// word-limit, tool-calls).
+    /// Suites by name (built in, or NAME.toml in --suites-dir) or path
+    /// (repeatable; default: summarize, word-limit, tool-calls).
     #[arg(long = "suite", short)]
     pub suites: Vec<String>,
     /// builtin:MODEL (showdown's own server, started for the run) or the base
@@ -260,7 +274,7 @@ pub struct CompareOptions {
     /// postgres:// URL.
     #[arg(long, default_value = "showdown.db", env = "SHOWDOWN_DB")]
     pub db: showdown::DbLocation,
-    /// Thresholds file (default: evals/compare.toml when present).
+    /// Thresholds file (default: the suites' compare.toml when present).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
     /// Significance level of the quality and latency tests (default 0.05).
@@ -345,7 +359,7 @@ pub struct QualifyArgs {
     /// Environment variable holding the target's API key.
     #[arg(long)]
     pub api_key_env: Option<String>,
-    /// The qualification file (default: evals/qualification.toml).
+    /// The qualification file (default: the suites' qualification.toml).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
     /// The results database: a SQLite file (created when missing) or a

@@ -31,6 +31,7 @@
 //!   over a results [`Store`] ([`DashboardState`] from a [`DashboardConfig`]).
 
 mod api;
+pub mod assets;
 mod bench;
 mod cache_bench;
 mod dashboard;
@@ -49,6 +50,7 @@ pub use api::{
     serve_with, ApiError, AppState, OutputEvent, OutputParser, PromptCacheConfig, ServeConfig,
     ServedModel, ToolPromptFormat,
 };
+pub use assets::suites_dir;
 pub use bench::{
     describe as describe_bench_model, run_test as run_bench_test, BenchModel, BenchResult,
     BenchTest,
@@ -84,9 +86,9 @@ pub use report::{
     SuiteEvidence, SuiteGates, Verdict,
 };
 pub use runner::{
-    default_suites_dir, load_named_suites, render_table, rescore_case, run as run_eval, run_agent,
-    summarize, AgentOutcome, AgentTask, ApiFailure, GitMeta, MessagesClient, MessagesResponse,
-    RunOptions, RunReport, SuiteSummary, Target, Timeouts, ToolExecutor, DEFAULT_SUITES,
+    load_named_suites, render_table, rescore_case, run as run_eval, run_agent, summarize,
+    AgentOutcome, AgentTask, ApiFailure, GitMeta, MessagesClient, MessagesResponse, RunOptions,
+    RunReport, SuiteSummary, Target, Timeouts, ToolExecutor, DEFAULT_SUITES,
 };
 pub use store::{
     copy_history, now as store_now, CaseRecord, CheckRecord, CopyReport, DbLocation, HostInfo,

@@ -50,6 +50,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         std::env::set_var("SHOWDOWN_KV_CACHE", name);
     }
+    // Read by the library wherever suites or templates are looked up.
+    if let Some(dir) = &cli.suites_dir {
+        std::env::set_var(showdown::assets::SUITES_DIR_ENV, dir);
+    }
+    if let Some(dir) = &cli.templates_dir {
+        std::env::set_var(showdown::assets::TEMPLATES_DIR_ENV, dir);
+    }
     match cli.command {
         Command::Models { command } => commands::models::run(command),
         Command::Generate(args) => commands::generate::run(args),

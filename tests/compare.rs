@@ -690,8 +690,21 @@ fn confirm_reruns_base_and_head_interleaved_on_the_real_engine() {
         }
     });
     let db = db.to_str().unwrap();
+    // The reruns find `tiny` by name in the test's suites directory (the
+    // flag reaches them through the environment).
+    let suites = suite_path.parent().unwrap().to_str().unwrap().to_string();
     let compare = |extra: &[&str]| {
-        let mut args = vec!["compare", "1", "2", "--db", db, "--alpha", "0.01"];
+        let mut args = vec![
+            "compare",
+            "1",
+            "2",
+            "--db",
+            db,
+            "--alpha",
+            "0.01",
+            "--suites-dir",
+            &suites,
+        ];
         args.extend_from_slice(extra);
         env.showdown_with_models(&args)
     };

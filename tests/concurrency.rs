@@ -28,19 +28,30 @@ struct Load {
     now: AtomicUsize,
     peak: AtomicUsize,
     served: AtomicUsize,
+    /// How long each answer waits.
+    delay: Duration,
+    /// Turn requests away with 429 as a rate-limited API does: 0 never, 1
+    /// the first time each request is seen, 2 always.
+    refuse: std::sync::atomic::AtomicU8,
+    /// Requests seen, for refusing each one's first try.
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    refused: AtomicUsize,
 }
 
 /// A Messages endpoint whose answer depends only on the request, so any
 /// difference between two runs' transcripts is a difference in what the
 /// runner sent. Each answer waits a little so requests overlap.
-struct AgentFake {
-    url: String,
+pub(crate) struct AgentFake {
+    pub(crate) url: String,
     load: Arc<Load>,
 }
 
 impl AgentFake {
-    fn start(runtime: &tokio::runtime::Runtime) -> Self {
-        let load = Arc::new(Load::default());
+    pub(crate) fn start(runtime: &tokio::runtime::Runtime, delay: Duration) -> Self {
+        let load = Arc::new(Load {
+            delay,
+            ..Load::default()
+        });
         let app = Router::new()
             .route("/v1/messages", post(messages))
             .with_state(load.clone());
@@ -52,8 +63,15 @@ impl AgentFake {
         Self { url, load }
     }
 
+    /// 0: answer everything; 1: refuse each request's first try with 429;
+    /// 2: refuse everything. Returns how many were refused so far.
+    fn refuse(&self, mode: u8) -> usize {
+        self.load.refuse.store(mode, Ordering::SeqCst);
+        self.load.refused.swap(0, Ordering::SeqCst)
+    }
+
     /// Forgets the peak, for the next run.
-    fn reset(&self) -> (usize, usize) {
+    pub(crate) fn reset(&self) -> (usize, usize) {
         (
             self.load.peak.swap(0, Ordering::SeqCst),
             self.load.served.swap(0, Ordering::SeqCst),
@@ -65,9 +83,25 @@ async fn messages(
     State(load): State<Arc<Load>>,
     Json(body): Json<Value>,
 ) -> axum::response::Response {
+    let refuse = match load.refuse.load(Ordering::SeqCst) {
+        0 => false,
+        1 => load.seen.lock().unwrap().insert(body.to_string()),
+        _ => true,
+    };
+    if refuse {
+        load.refused.fetch_add(1, Ordering::SeqCst);
+        return axum::response::Response::builder()
+            .status(429)
+            .header("retry-after", "0")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#,
+            ))
+            .unwrap();
+    }
     let now = load.now.fetch_add(1, Ordering::SeqCst) + 1;
     load.peak.fetch_max(now, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(load.delay).await;
     let events = reply(&body);
     load.now.fetch_sub(1, Ordering::SeqCst);
     load.served.fetch_add(1, Ordering::SeqCst);
@@ -275,7 +309,7 @@ fn run_all(dir: &Path, url: &str, db: &Path, concurrency: usize) -> Value {
 #[test]
 fn concurrent_cases_score_and_read_as_a_sequential_run() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = AgentFake::start(&runtime);
+    let fake = AgentFake::start(&runtime, Duration::from_millis(120));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("runs.db");
 
@@ -389,6 +423,54 @@ fn concurrent_cases_score_and_read_as_a_sequential_run() {
         "{reasons}"
     );
     assert_eq!(report["head"]["concurrency"], 8);
+
+    // A rate-limited target: each request's first try is turned away with
+    // 429; the runner tries again and the run is the sequential one still.
+    fake.refuse(1);
+    let limited = run_all(dir.path(), &fake.url, &db, 8);
+    let refused = fake.refuse(2);
+    let (_, served_limited) = fake.reset();
+    // Identical requests (the same first turn in two cases) are refused once.
+    assert!(refused > served_sequential / 2, "{refused} refused");
+    assert_eq!(served_limited, served_sequential, "each answered once");
+    // One that never relents: each case ends in an error that says so.
+    let out = runner(
+        dir.path(),
+        &fake.url,
+        Path::new("word-limit"),
+        &db,
+        &["--concurrency", "4"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused_always = fake.refuse(0);
+    let always_id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run_id"]
+        .as_i64()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Store::open(&db).await.unwrap();
+        let seq = outcomes(&store.cases(seq_id).await.unwrap());
+        let limited_id = limited["run_id"].as_i64().unwrap();
+        let limited = outcomes(&store.cases(limited_id).await.unwrap());
+        assert_eq!(seq, limited, "retried requests change nothing");
+        let failed = store.cases(always_id).await.unwrap();
+        assert_eq!(failed.len(), 14);
+        for case in &failed {
+            let error = case.record.error.clone().unwrap_or_default();
+            assert!(
+                error.contains("still refused after 4 retries")
+                    && error.contains("429 rate_limit_error: slow down"),
+                "{error}"
+            );
+        }
+        assert_eq!(refused_always, 14 * 5, "a first try and four retries each");
+    });
+    fake.reset();
 
     // Zero is refused before anything runs.
     let zero = runner(

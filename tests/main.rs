@@ -12,6 +12,7 @@ mod gemma4_vocab_gen;
 mod github;
 mod hostile_files;
 mod hostile_requests;
+mod install;
 mod models;
 mod moe;
 mod moe_gen;

@@ -104,8 +104,7 @@ impl TestEnv {
 
     /// Runs `showdown ARGS` with the user's model cache (where the README's
     /// test command pulled the pinned models) and the embedded models file,
-    /// from the environment's own directory, so `evals/` there (if any) is
-    /// the suites directory.
+    /// from the environment's own directory.
     pub fn showdown_with_models(&self, args: &[&str]) -> Run {
         let mut command = self.command(None, &[]);
         command

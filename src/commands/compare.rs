@@ -3,8 +3,7 @@
 
 use anyhow::{Context, Result};
 use showdown::{
-    compare, compare_stored, default_suites_dir, render_markdown, CompareConfig, Comparison,
-    RunRow, Store,
+    compare, compare_stored, render_markdown, suites_dir, CompareConfig, Comparison, RunRow, Store,
 };
 
 use crate::cli::{CompareArgs, CompareOptions};
@@ -196,7 +195,7 @@ fn thresholds(options: &CompareOptions) -> Result<CompareConfig> {
     let mut config = match &options.config {
         Some(path) => CompareConfig::load(path)?,
         None => {
-            let default = default_suites_dir().join("compare.toml");
+            let default = suites_dir()?.join("compare.toml");
             if default.is_file() {
                 CompareConfig::load(&default)?
             } else {

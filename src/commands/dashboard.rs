@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use showdown::{
-    dashboard_standalone_router, default_suites_dir, CompareConfig, DashboardConfig,
-    DashboardState, DbLocation, ModelStore, Store,
+    dashboard_standalone_router, suites_dir, CompareConfig, DashboardConfig, DashboardState,
+    DbLocation, ModelStore, Store,
 };
 
 use crate::cli::DashboardArgs;
@@ -54,7 +54,7 @@ pub async fn state(
     api_key: Option<String>,
     allowed_hosts: &[String],
 ) -> Result<DashboardState> {
-    let default_thresholds = default_suites_dir().join("compare.toml");
+    let default_thresholds = suites_dir()?.join("compare.toml");
     let compare = if default_thresholds.is_file() {
         CompareConfig::load(&default_thresholds)?
     } else {

@@ -4,9 +4,9 @@
 
 use anyhow::{Context, Result};
 use showdown::{
-    default_suites_dir, evaluate_qualification, load_named_suites, render_table, render_verdicts,
-    run_eval, HostInfo, ModelStore, QualificationFile, RunOptions, RunRow, Store, StoredCase,
-    Suite, SuiteEvidence, SuiteGates, Verdict, SCORER_VERSION,
+    evaluate_qualification, load_named_suites, render_table, render_verdicts, run_eval, suites_dir,
+    HostInfo, ModelStore, QualificationFile, RunOptions, RunRow, Store, StoredCase, Suite,
+    SuiteEvidence, SuiteGates, Verdict, SCORER_VERSION,
 };
 
 use crate::cli::QualifyArgs;
@@ -25,10 +25,10 @@ impl std::error::Error for NotQualified {}
 
 /// Runs `showdown qualify`.
 pub fn run(args: QualifyArgs) -> Result<()> {
-    let config_path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| default_suites_dir().join("qualification.toml"));
+    let config_path = match &args.config {
+        Some(path) => path.clone(),
+        None => suites_dir()?.join("qualification.toml"),
+    };
     let file = QualificationFile::load(&config_path)?;
     let (profile_name, profile) = file.profile(args.profile.as_deref())?;
     // Gates keyed by the suite's own name; the suites themselves for their
@@ -36,7 +36,7 @@ pub fn run(args: QualifyArgs) -> Result<()> {
     let mut gates: Vec<(String, SuiteGates)> = Vec::new();
     let mut suites: Vec<(String, Suite)> = Vec::new();
     for (reference, suite_gates) in &profile.suites {
-        let suite = load_named_suites(std::slice::from_ref(reference), &default_suites_dir())
+        let suite = load_named_suites(std::slice::from_ref(reference), &suites_dir()?)
             .with_context(|| format!("profile `{profile_name}`"))?
             .remove(0);
         gates.push((suite.name.clone(), suite_gates.clone()));
@@ -169,7 +169,7 @@ async fn qualify_model(
             target: target.clone(),
             model: Some(model.to_string()),
             suites: missing.clone(),
-            suites_dir: default_suites_dir(),
+            suites_dir: suites_dir()?,
             case_filter: None,
             repeat: 1,
             // The gates' latency limits are one request at a time.

@@ -2,9 +2,7 @@
 //! table per suite; the run is in the database whatever happens.
 
 use anyhow::{Context, Result};
-use showdown::{
-    default_suites_dir, render_table, run_eval, ModelStore, RunOptions, DEFAULT_SUITES,
-};
+use showdown::{render_table, run_eval, suites_dir, ModelStore, RunOptions, DEFAULT_SUITES};
 
 use crate::cli::RunArgs;
 
@@ -33,7 +31,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         target,
         model: args.model,
         suites,
-        suites_dir: default_suites_dir(),
+        suites_dir: suites_dir()?,
         case_filter: args.case_filter,
         repeat: args.repeat,
         concurrency: args.concurrency,

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use showdown::{
-    default_suites_dir, load_named_suites, render_table, rescore_case, run_eval, summarize,
-    GitMeta, RunOptions, Store,
+    load_named_suites, render_table, rescore_case, run_eval, suites_dir, summarize, GitMeta,
+    RunOptions, Store,
 };
 
 use crate::cli::{RerunArgs, RescoreArgs, RunsCommand};
@@ -133,7 +133,7 @@ pub fn rescore(args: RescoreArgs) -> Result<()> {
         let id = store.resolve_run(&args.run).await?;
         let row = store.run(id).await?.context("run vanished")?;
         let names: Vec<String> = row.suites.iter().map(|s| s.suite.clone()).collect();
-        let suites = load_named_suites(&names, &default_suites_dir())?;
+        let suites = load_named_suites(&names, &suites_dir()?)?;
         let mut changed = 0;
         let cases = store.cases(id).await?;
         for case in &cases {
@@ -176,7 +176,7 @@ pub fn rerun(args: RerunArgs) -> Result<()> {
         let store = Store::connect(&args.db).await?;
         let id = store.resolve_run(&args.run).await?;
         let row = store.run(id).await?.context("run vanished")?;
-        let suites_dir = default_suites_dir();
+        let suites_dir = suites_dir()?;
         let names: Vec<String> = row.suites.iter().map(|s| s.suite.clone()).collect();
         for (suite, stored) in load_named_suites(&names, &suites_dir)?
             .iter()

@@ -44,40 +44,17 @@ use crate::models::ModelStore;
 use crate::report::CompareConfig;
 use crate::store::Store;
 
-/// The templates, embedded so the binary renders them from any directory.
-const TEMPLATES: [(&str, &str); 8] = [
-    (
-        "base.html.j2",
-        include_str!("../../templates/dashboard/base.html.j2"),
-    ),
-    (
-        "macros.html.j2",
-        include_str!("../../templates/dashboard/macros.html.j2"),
-    ),
-    (
-        "overview.html.j2",
-        include_str!("../../templates/dashboard/overview.html.j2"),
-    ),
-    (
-        "trends.html.j2",
-        include_str!("../../templates/dashboard/trends.html.j2"),
-    ),
-    (
-        "run.html.j2",
-        include_str!("../../templates/dashboard/run.html.j2"),
-    ),
-    (
-        "compare.html.j2",
-        include_str!("../../templates/dashboard/compare.html.j2"),
-    ),
-    (
-        "models.html.j2",
-        include_str!("../../templates/dashboard/models.html.j2"),
-    ),
-    (
-        "error.html.j2",
-        include_str!("../../templates/dashboard/error.html.j2"),
-    ),
+/// The pages' templates, under `templates/dashboard/` (embedded, or from
+/// `--templates-dir`; see [`crate::assets::template`]).
+const TEMPLATES: [&str; 8] = [
+    "base.html.j2",
+    "macros.html.j2",
+    "overview.html.j2",
+    "trends.html.j2",
+    "run.html.j2",
+    "compare.html.j2",
+    "models.html.j2",
+    "error.html.j2",
 ];
 
 /// The cookie a browser keeps its signed pass in after `?key=`.
@@ -195,8 +172,13 @@ pub fn templates() -> anyhow::Result<Environment<'static>> {
     env.add_filter("short", filters::short);
     env.add_filter("pretty_json", filters::pretty_json);
     env.add_filter("gate_value", crate::report::gate_value);
-    for (name, source) in TEMPLATES {
-        env.add_template(name, source)?;
+    for name in TEMPLATES {
+        let source = crate::assets::template(&format!("dashboard/{name}"))?;
+        match source {
+            std::borrow::Cow::Borrowed(text) => env.add_template(name, text),
+            std::borrow::Cow::Owned(text) => env.add_template_owned(name, text),
+        }
+        .map_err(|e| anyhow::anyhow!("template dashboard/{name}: {e:#}"))?;
     }
     Ok(env)
 }

@@ -7,7 +7,7 @@
 //! `GET /user`'s; an installation token (Actions' `GITHUB_TOKEN`) may not read
 //! `/user`, and comments as `github-actions[bot]`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use minijinja::{context, Environment};
 use octocrab::models::CommentId;
 use octocrab::Octocrab;
@@ -21,8 +21,6 @@ pub const COMMENT_MARKER: &str = "<!-- showdown:pr-comment -->";
 /// Who Actions' `GITHUB_TOKEN` comments as: the account when `/user` is
 /// refused to an installation token.
 pub const ACTIONS_BOT_LOGIN: &str = "github-actions[bot]";
-
-const PR_COMMENT_TEMPLATE: &str = include_str!("../../templates/pr-comment.md.j2");
 
 /// Where to comment.
 #[derive(Debug, Clone)]
@@ -366,7 +364,9 @@ pub fn render_pr_comment(
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env.add_template("pr-comment.md", PR_COMMENT_TEMPLATE)?;
+    let source = crate::assets::template("pr-comment.md.j2")?;
+    env.add_template("pr-comment.md", &source)
+        .context("template pr-comment.md.j2")?;
     let text = env.get_template("pr-comment.md")?.render(context! {
         marker => COMMENT_MARKER,
         report => render_markdown(comparison)?,

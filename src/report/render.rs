@@ -1,15 +1,12 @@
 //! Markdown for a [`Comparison`], rendered with minijinja from
-//! `templates/compare.md.j2` (embedded in the binary), with a few number
+//! `templates/compare.md.j2` (embedded in the binary, or from `--templates-dir`), with a few number
 //! formatting filters the template uses.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use minijinja::{Environment, Value};
 
 use super::compare::Comparison;
 use super::qualify::Verdict;
-
-const COMPARE_TEMPLATE: &str = include_str!("../../templates/compare.md.j2");
-const QUALIFY_TEMPLATE: &str = include_str!("../../templates/qualify.md.j2");
 
 /// The comparison as markdown (a PR comment body, a CI log).
 pub fn render_markdown(comparison: &Comparison) -> Result<String> {
@@ -20,7 +17,9 @@ pub fn render_markdown(comparison: &Comparison) -> Result<String> {
     env.add_filter("pval", pval);
     env.add_filter("num", num);
     env.add_filter("short", short);
-    env.add_template("compare.md", COMPARE_TEMPLATE)?;
+    let source = crate::assets::template("compare.md.j2")?;
+    env.add_template("compare.md", &source)
+        .context("template compare.md.j2")?;
     let text = env
         .get_template("compare.md")?
         .render(Value::from_serialize(comparison))?;
@@ -33,7 +32,9 @@ pub fn render_verdicts(verdicts: &[Verdict], description: &str) -> Result<String
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.add_filter("gate_value", gate_value);
-    env.add_template("qualify.md", QUALIFY_TEMPLATE)?;
+    let source = crate::assets::template("qualify.md.j2")?;
+    env.add_template("qualify.md", &source)
+        .context("template qualify.md.j2")?;
     let text = env
         .get_template("qualify.md")?
         .render(minijinja::context! {

@@ -70,6 +70,26 @@ pub struct ApiFailure {
     pub kind: String,
     /// Message.
     pub message: String,
+    /// How long the target asked to be left alone (`retry-after`, seconds).
+    pub retry_after: Option<Duration>,
+}
+
+/// Statuses that mean "not now" rather than "no": rate limited (429), a proxy
+/// in front of vLLM or SGLang out of capacity (503), Anthropic's API
+/// overloaded (529). Sent before any event, so a retry repeats nothing.
+const RETRYABLE: [u16; 3] = [429, 503, 529];
+
+/// How many times a request turned away for load is sent again; with
+/// `--concurrency` a rate-limited cloud API does this routinely, and a case
+/// must not fail (and score differently from a sequential run) for it.
+pub const MAX_RETRIES: u32 = 4;
+
+/// The longest wait between two tries, whatever `retry-after` asks.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// The wait before retry `attempt` (0-based) when the target names none.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500) * 2u32.saturating_pow(attempt)
 }
 
 /// A complete response with its figures.
@@ -147,8 +167,39 @@ impl MessagesClient {
         })
     }
 
-    /// Sends `body` with `stream: true` and assembles the answer.
+    /// Sends `body` with `stream: true` and assembles the answer; a request
+    /// turned away for load ([`RETRYABLE`]) is sent again, up to
+    /// [`MAX_RETRIES`] times, after the wait the target asks for (else
+    /// 0.5 s, 1 s, 2 s, 4 s). The figures are the answering attempt's.
     pub async fn create(&self, body: &Value) -> Result<Response> {
+        let mut attempt = 0;
+        loop {
+            let err = match self.create_once(body).await {
+                Ok(response) => return Ok(response),
+                Err(err) => err,
+            };
+            let retry = err
+                .downcast_ref::<ApiFailure>()
+                .filter(|f| RETRYABLE.contains(&f.status))
+                .map(|f| {
+                    f.retry_after
+                        .unwrap_or(backoff(attempt))
+                        .min(MAX_RETRY_WAIT)
+                });
+            match retry {
+                Some(wait) if attempt < MAX_RETRIES => {
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                _ if attempt > 0 => {
+                    return Err(err.context(format!("still refused after {attempt} retries")))
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    async fn create_once(&self, body: &Value) -> Result<Response> {
         let mut body = body.clone();
         body["stream"] = json!(true);
         let started = Instant::now();
@@ -167,6 +218,13 @@ impl MessagesClient {
             .with_context(|| format!("sending a request to {}", self.base_url))?;
         let status = response.status().as_u16();
         if status != 200 {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_WAIT.as_secs_f64())));
             let text = within(self.timeouts.idle, "the error's body", response.text())
                 .await?
                 .unwrap_or_default();
@@ -181,6 +239,7 @@ impl MessagesClient {
                     .as_str()
                     .map(str::to_string)
                     .unwrap_or(text),
+                retry_after,
             }
             .into());
         }
@@ -234,6 +293,7 @@ impl MessagesClient {
                         .unwrap_or("error")
                         .to_string(),
                     message: data["error"]["message"].as_str().unwrap_or("").to_string(),
+                    retry_after: None,
                 }
                 .into());
             }

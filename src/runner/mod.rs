@@ -119,16 +119,6 @@ pub struct RunReport {
     pub wall_s: f64,
 }
 
-/// Where the repository's `evals/` lives: `./evals` when run from a checkout,
-/// else the one this binary was built from.
-pub fn default_suites_dir() -> PathBuf {
-    let here = PathBuf::from("evals");
-    if here.is_dir() {
-        return here;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("evals")
-}
-
 /// Loads suites by name (from `dir`) or path.
 pub fn load_named_suites(names: &[String], dir: &Path) -> Result<Vec<Suite>> {
     names
@@ -284,21 +274,32 @@ pub fn rescore_case(
     )
 }
 
-/// The git commit showdown runs from, when it runs from a checkout.
+/// The git commit this binary was built from (`build.rs`), with `-dirty`
+/// when it runs in the checkout it was built from, still at that commit, and
+/// that checkout has uncommitted changes (a developer's build). An installed
+/// binary reports its build's commit wherever it runs.
 pub fn showdown_git_sha() -> Option<String> {
+    let built = option_env!("SHOWDOWN_BUILD_GIT_SHA")?;
     let dir = env!("CARGO_MANIFEST_DIR");
-    let out = std::process::Command::new("git")
-        .args(["-C", dir, "rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let dirty = std::process::Command::new("git")
-        .args(["-C", dir, "status", "--porcelain", "--untracked-files=no"])
-        .output()
-        .ok()
-        .is_some_and(|o| !o.stdout.is_empty());
-    Some(if dirty { format!("{sha}-dirty") } else { sha })
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    let head = git(&["rev-parse", "--short=12", "HEAD"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let dirty = head.as_deref() == Some(built)
+        && git(&["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|o| !o.stdout.is_empty());
+    Some(if dirty {
+        format!("{built}-dirty")
+    } else {
+        built.to_string()
+    })
 }
 
 /// Runs the suites of `options` and records everything.
@@ -333,7 +334,13 @@ pub async fn run(options: &RunOptions) -> Result<RunReport> {
     }
     let store = Store::connect(&options.db).await?;
     let model_store = ModelStore::from_env()?;
-    let target = Target::start(&options.target, options.model.as_deref(), &model_store).await?;
+    let target = Target::start(
+        &options.target,
+        options.model.as_deref(),
+        &model_store,
+        options.concurrency as usize,
+    )
+    .await?;
     let client =
         MessagesClient::with_timeouts(&target.base_url, options.api_key.clone(), options.timeouts)?;
     let run_id = store

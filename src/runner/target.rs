@@ -25,17 +25,25 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts or names the target. `model` is required for URL targets.
-    pub async fn start(spec: &str, model: Option<&str>, store: &ModelStore) -> Result<Self> {
+    /// Starts or names the target. `model` is required for URL targets;
+    /// `in_flight` requests at once must fit the builtin server's queue.
+    pub async fn start(
+        spec: &str,
+        model: Option<&str>,
+        store: &ModelStore,
+        in_flight: usize,
+    ) -> Result<Self> {
         if let Some(name) = spec.strip_prefix("builtin:") {
             let resolved = resolve_model(name, store)?;
             let engine = crate::load_engine(&resolved, None)?;
             let model = resolved.name.clone();
             let sha = resolved.sha256.clone();
-            let state = Arc::new(AppState::new(
-                ServeConfig::default(),
-                vec![(resolved, engine)],
-            )?);
+            let defaults = ServeConfig::default();
+            let config = ServeConfig {
+                queue_depth: defaults.queue_depth.max(in_flight),
+                ..defaults
+            };
+            let state = Arc::new(AppState::new(config, vec![(resolved, engine)])?);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .context("binding a loopback port for the builtin server")?;
