@@ -789,8 +789,15 @@ impl Store {
                 let _ = std::fs::remove_file(Self::lock_path(locks_dir, run_id));
                 drop(file);
             }
-            // Closing the connection releases its session lock.
-            (Some(RunLock::Session(conn)), _) => {
+            // Unlocked on the server before this returns: closing the
+            // connection alone releases it only once the server has seen
+            // the disconnect, so a reader right after could find it held.
+            (Some(RunLock::Session(mut conn)), _) => {
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                    .bind(ADVISORY_LOCK_CLASS)
+                    .bind(advisory_key(run_id)?)
+                    .execute(&mut conn)
+                    .await;
                 let _ = conn.close().await;
             }
             _ => {}
