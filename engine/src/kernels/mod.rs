@@ -172,7 +172,9 @@ pub fn cpu_features() -> String {
         );
     }
     #[cfg(target_arch = "aarch64")]
-    flags.push("neon");
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        flags.push("neon");
+    }
     let tier = if Tier::candle_requested() {
         "candle"
     } else {
