@@ -257,7 +257,9 @@ pub fn attention<T: KvElement>(
     reference(shape, q, kv, out);
 }
 
-/// Queries computed together, sharing their key and value reads.
+/// Queries computed together, sharing their key and value reads (the AVX2
+/// kernel; elsewhere the reference runs).
+#[cfg(target_arch = "x86_64")]
 const QUERY_BLOCK: usize = 8;
 
 thread_local! {

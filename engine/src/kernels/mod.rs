@@ -4,8 +4,9 @@
 //! one thread pool ([`pool`]).
 //!
 //! The vector tier is chosen at run time from the CPU's features
-//! ([`Tier::detect`]), so one binary runs at its best on any x86-64 machine;
-//! `SHOWDOWN_KERNELS=portable|avx2|avx512` forces a tier (tests and
+//! ([`Tier::detect`]), so one binary runs at its best on any x86-64 machine
+//! (aarch64 has NEON everywhere);
+//! `SHOWDOWN_KERNELS=portable|avx2|avx512|neon` forces a tier (tests and
 //! benchmarks use it to run the AVX2 path on an AVX-512 machine), and
 //! `SHOWDOWN_KERNELS=candle` uses candle's quantized matmul instead.
 //!
@@ -31,6 +32,8 @@ mod tests;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 pub use formats::{ActFormat, WeightFormat};
 pub use packed::{PackError, PackedMatrix};
@@ -70,6 +73,8 @@ pub enum Tier {
     Avx2,
     /// AVX-512 F + BW + VNNI, 16-column groups.
     Avx512,
+    /// NEON (every aarch64 CPU), 8-column groups.
+    Neon,
 }
 
 impl Tier {
@@ -112,6 +117,10 @@ impl Tier {
                 tiers.push(Tier::Avx512);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            tiers.push(Tier::Neon);
+        }
         tiers
     }
 
@@ -121,6 +130,7 @@ impl Tier {
             Tier::Portable => "portable",
             Tier::Avx2 => "avx2",
             Tier::Avx512 => "avx512",
+            Tier::Neon => "neon",
         }
     }
 
@@ -131,6 +141,8 @@ impl Tier {
             Tier::Avx2 => avx2::G,
             #[cfg(target_arch = "x86_64")]
             Tier::Avx512 => avx512::G,
+            #[cfg(target_arch = "aarch64")]
+            Tier::Neon => neon::G,
             _ => 8,
         }
     }
@@ -160,7 +172,9 @@ pub fn cpu_features() -> String {
         );
     }
     #[cfg(target_arch = "aarch64")]
-    flags.push("neon");
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        flags.push("neon");
+    }
     let tier = if Tier::candle_requested() {
         "candle"
     } else {

@@ -1,7 +1,7 @@
 //! Weights repacked once at load into column groups, and the matmul over them.
 //!
 //! A weight matrix is `n` output columns (the GGUF tensor's rows) of `k`
-//! values. Repacking groups `G` consecutive columns (8 for AVX2 and the
+//! values. Repacking groups `G` consecutive columns (8 for AVX2, NEON and the
 //! portable kernel, 16 for AVX-512) and, block by block, interleaves them: a
 //! block's scales for the `G` columns side by side, then its quants in 4-byte
 //! units, unit `u` of column `c` at `(u·G + c)·4`. One vector load then holds
@@ -33,7 +33,7 @@
 //! - F32: per value, `G` floats.
 //!
 //! The FP4 formats have an AVX2 kernel; an AVX-512 CPU packs them for it
-//! (8-column groups), and the portable kernel serves the rest
+//! (8-column groups), and the portable kernel serves the rest, NEON included
 //! ([`fp4_kernel`]).
 
 use super::formats::{self, WeightFormat, QK32, QK_K};
@@ -509,14 +509,17 @@ fn run_group(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Tier::Avx512 => unsafe { super::avx512::group(format, tiles, nb, input, out) },
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every aarch64 CPU.
+        Tier::Neon => unsafe { super::neon::group(format, tiles, nb, input, out) },
+        // Another architecture's tier (never available here).
         _ => portable::group(format, tiles, nb, input, out),
     }
 }
 
 /// Whether `tier` has vector kernels of its own for the FP4 formats: AVX2
 /// (an AVX-512 CPU packs them for its AVX2 tier, see
-/// [`PackedMatrix::pack_releasing`]).
+/// [`PackedMatrix::pack_releasing`]); NEON has none yet.
 pub(crate) fn fp4_kernel(tier: Tier) -> bool {
     tier == Tier::Avx2
 }
@@ -731,10 +734,13 @@ pub(crate) mod offsets {
         (0, 2 * g, 4 * g, 16 * g, 48 * g)
     }
     /// MXFP4: scale bytes, quants.
+    // Only the AVX2 kernel reads FP4 tiles in place.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub const fn mxfp4(g: usize) -> (usize, usize) {
         (0, g)
     }
     /// NVFP4: scale words, quants.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub const fn nvfp4(g: usize) -> (usize, usize) {
         (0, 4 * g)
     }

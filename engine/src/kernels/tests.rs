@@ -176,6 +176,15 @@ fn product(w: &PackedMatrix, x: &[f32], m: usize, pool: &Pool) -> Vec<f32> {
     out
 }
 
+/// The tests compare every tier in `Tier::available()`: on aarch64 that must
+/// include NEON, or its kernels would go untested without a word.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_is_among_the_tested_tiers() {
+    assert!(Tier::available().contains(&Tier::Neon));
+    assert_eq!(Tier::Neon.group_width(), 8);
+}
+
 #[test]
 fn every_tier_equals_the_reference_bit_for_bit() {
     let mut rng = StdRng::seed_from_u64(7);
